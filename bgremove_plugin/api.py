@@ -1,0 +1,252 @@
+"""The public entry points: ``remove_background`` and the reusable ``BackgroundRemover``."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidImageError
+from .hub import load_model, resolve_device
+from .model import TiramisuNet
+from .transforms import prepare_batch, to_rgb, unpad_and_resize
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+__all__ = ["remove_background", "BackgroundRemover", "ImageInput", "load_image"]
+
+log = logging.getLogger(__name__)
+
+ImageInput: TypeAlias = Union[Image.Image, np.ndarray, str, os.PathLike, bytes]  # noqa: UP007
+BackgroundInput: TypeAlias = Union[str, tuple[int, int, int], Image.Image]  # noqa: UP007
+
+_ACCEPTED = "a PIL image, a numpy array (HxW, HxWx3 or HxWx4; uint8, or float in [0, 1]), a file path or encoded bytes"
+
+
+def _array_to_image(array: np.ndarray) -> Image.Image:
+    if array.size == 0:
+        raise InvalidImageError(f"got an empty numpy array of shape {array.shape}; expected {_ACCEPTED}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise InvalidImageError(f"got a numpy array of shape {array.shape}; expected HxW, HxWx3 or HxWx4")
+    if array.dtype == np.uint8:
+        data = array
+    elif np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_:
+        values = array.astype(np.float32)
+        if not np.isfinite(values).all() or values.min() < 0.0 or values.max() > 1.0:
+            raise InvalidImageError("a float numpy image must hold finite values in [0, 1]; scale it or pass uint8")
+        data = (values * 255.0).round().astype(np.uint8)
+    else:
+        raise InvalidImageError(f"numpy images must be uint8 or float in [0, 1], got dtype {array.dtype}")
+    return Image.fromarray(np.ascontiguousarray(data))
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """Turn any accepted input into a PIL image with its EXIF orientation applied.
+
+    Raises:
+        InvalidImageError: unsupported type, unreadable data or a zero-size image.
+    """
+    if isinstance(image, Image.Image):
+        pil = image
+    elif isinstance(image, np.ndarray):
+        pil = _array_to_image(image)
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        if len(image) == 0:
+            raise InvalidImageError("got empty bytes; expected an encoded image (PNG, JPEG, WebP, ...)")
+        try:
+            pil = Image.open(io.BytesIO(bytes(image)))
+            pil.load()
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise InvalidImageError(f"the {len(image)} bytes given are not a readable image: {exc}") from exc
+    elif isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise InvalidImageError(f"no image file at {str(path)!r}")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                pil = opened
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise InvalidImageError(f"{str(path)!r} is not a readable image: {exc}") from exc
+    else:
+        raise InvalidImageError(f"got {type(image).__name__}; expected {_ACCEPTED}")
+    if pil.width == 0 or pil.height == 0:
+        raise InvalidImageError(f"the image has zero size ({pil.width}x{pil.height})")
+    return ImageOps.exif_transpose(pil)
+
+
+def _parse_colour(colour: str | tuple[int, int, int]) -> tuple[int, int, int]:
+    if isinstance(colour, str):
+        try:
+            rgb = ImageColor.getrgb(colour)
+        except ValueError as exc:
+            raise ValueError(f"background={colour!r} is not a colour name or hex code such as 'white' or '#00ff00'") from exc
+        return rgb[0], rgb[1], rgb[2]
+    if len(colour) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in colour):
+        return colour[0], colour[1], colour[2]
+    raise ValueError(f"background={colour!r} must be a colour name, a hex code, an (r, g, b) tuple of 0-255 ints or an image")
+
+
+def compose(
+    image: Image.Image,
+    alpha: np.ndarray,
+    *,
+    background: BackgroundInput | None = None,
+    return_mask: bool = False,
+    threshold: float | None = None,
+) -> Image.Image:
+    """Turn a float alpha map in [0, 1] into the requested output for an oriented PIL image."""
+    if threshold is not None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+        alpha = (alpha >= threshold).astype(np.float32)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Pixels that were already transparent stay transparent.
+        alpha = alpha * (np.asarray(image.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0)
+    mask = Image.fromarray((alpha * 255.0).round().astype(np.uint8))
+    if return_mask:
+        return mask
+    rgb = to_rgb(image)
+    if background is None:
+        rgb.putalpha(mask)
+        return rgb
+    if isinstance(background, Image.Image):
+        backdrop = ImageOps.fit(to_rgb(background), rgb.size, Image.Resampling.LANCZOS)
+    else:
+        backdrop = Image.new("RGB", rgb.size, _parse_colour(background))
+    return Image.composite(rgb, backdrop, mask)
+
+
+class BackgroundRemover:
+    """One loaded model, reusable and safe to share between threads.
+
+    Args:
+        model: ``None`` (embedded default weights), a local weights folder, a Hub repo id, or a
+            ``TiramisuNet`` instance.
+        revision: Hub revision when ``model`` is a repo id.
+        device: ``"auto"`` (default: CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``.
+        batch_size: images per forward pass when a list is processed.
+
+    Example:
+        >>> remover = BackgroundRemover(device="cpu")
+        >>> cutouts = remover.remove_many(["a.jpg", "b.jpg"])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: str | Path | TiramisuNet | None = None,
+        *,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int = 4,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.device = resolve_device(device)
+        if isinstance(model, TiramisuNet):
+            self.model = model.to(self.device).eval()
+        else:
+            self.model = load_model(model, revision=revision, device=self.device)
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def predict_alpha(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+        """Person probability (float32, [0, 1]) at each image's own oriented size."""
+        loaded = [load_image(image) for image in images]
+        net = self.model
+        alphas: list[np.ndarray] = []
+        for start in range(0, len(loaded), self.batch_size):
+            chunk = loaded[start : start + self.batch_size]
+            rgb = [to_rgb(image) for image in chunk]
+            batch, valid = prepare_batch(rgb, long_side=net.input_size, multiple=net.pad_multiple, mean=net.mean, std=net.std)
+            probabilities = net(batch.to(self.device)).float().softmax(dim=1)[:, 1]
+            for i, image in enumerate(chunk):
+                alphas.append(unpad_and_resize(probabilities[i], valid[i], image.size))
+        return alphas
+
+    def remove(
+        self,
+        image: ImageInput,
+        *,
+        background: BackgroundInput | None = None,
+        return_mask: bool = False,
+        threshold: float | None = None,
+    ) -> Image.Image:
+        """Cut the person out of one image; see :func:`remove_background` for the options."""
+        return self.remove_many([image], background=background, return_mask=return_mask, threshold=threshold)[0]
+
+    def remove_many(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        background: BackgroundInput | None = None,
+        return_mask: bool = False,
+        threshold: float | None = None,
+    ) -> list[Image.Image]:
+        """Cut out a list of images, ``batch_size`` at a time; returns one output per input, in order."""
+        loaded = [load_image(image) for image in images]
+        alphas = self.predict_alpha(loaded)
+        return [
+            compose(image, alpha, background=background, return_mask=return_mask, threshold=threshold)
+            for image, alpha in zip(loaded, alphas)
+        ]
+
+    def __call__(self, image: ImageInput) -> Image.Image:
+        return self.remove(image)
+
+
+_default_removers: dict[tuple[str, str | None, str], BackgroundRemover] = {}
+
+
+def remove_background(
+    image: ImageInput,
+    *,
+    model: str | Path | TiramisuNet | None = None,
+    revision: str | None = None,
+    device: str | torch.device | None = None,
+    background: BackgroundInput | None = None,
+    return_mask: bool = False,
+    threshold: float | None = None,
+) -> Image.Image:
+    """Remove the background from a photo of people.
+
+    Args:
+        image: PIL image (any mode; EXIF orientation applied), numpy array, file path or bytes.
+        model: ``None`` for the weights inside the package, a local weights folder, a Hub repo id or
+            a ``TiramisuNet``.
+        revision: Hub revision when ``model`` is a repo id.
+        device: ``"auto"`` (default), ``"cpu"``, ``"cuda"`` or ``"mps"``; unavailable ones raise.
+        background: a colour (name, hex, RGB tuple) or an image to put behind the person; gives RGB.
+        return_mask: return the 'L' alpha mask instead of a cut-out.
+        threshold: binarise the mask at this probability instead of keeping soft edges.
+
+    Returns:
+        A PIL image of the input's oriented size: RGBA by default, RGB with ``background``, L with
+        ``return_mask``.
+
+    Raises:
+        InvalidImageError: the input is not a readable image.
+
+    Example:
+        >>> from bgremove_plugin import remove_background
+        >>> cutout = remove_background("portrait.jpg")  # doctest: +SKIP
+        >>> cutout.save("portrait.png")  # doctest: +SKIP
+    """
+    if isinstance(model, TiramisuNet):
+        remover = BackgroundRemover(model, device=device)
+    else:
+        key = (str(model) if model is not None else "<default>", revision, str(resolve_device(device)))
+        remover = _default_removers.get(key)
+        if remover is None:
+            remover = _default_removers.setdefault(key, BackgroundRemover(model, revision=revision, device=device))
+    return remover.remove(image, background=background, return_mask=return_mask, threshold=threshold)

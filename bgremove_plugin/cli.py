@@ -1,0 +1,221 @@
+"""``bgremove``: cut people out of image files and folders from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from . import __version__
+from .errors import BgRemoveError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG", "jpeg": "JPEG"}
+
+EXAMPLES = """\
+examples:
+  bgremove photo.jpg -o photo.png                 one file
+  bgremove photos/ -o cutouts/                    a folder, recursively, same sub-folders in the output
+  bgremove photos/ -o cutouts/ --glob '*.jpg'     only some files
+  bgremove photo.jpg -o photo.jpg --background white --format jpg
+  bgremove photo.jpg -o mask.png --mask           the alpha mask only
+  cat photo.jpg | bgremove - > cutout.png         stdin to stdout
+  bgremove photo.jpg --model org/name --revision main --device cuda
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    target: Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bgremove",
+        description="Remove the background from photos of people.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or - for stdin")
+    parser.add_argument("-o", "--output", type=Path, help="output file (one input) or folder; default: next to each input as NAME-nobg.EXT")
+    parser.add_argument("--glob", default="*", help="file name pattern inside folders (default: every image)")
+    parser.add_argument("--format", choices=sorted(FORMATS), help="output format (default: from -o's suffix, else png)")
+    parser.add_argument("--background", help="colour name, hex code or image path to put behind the person")
+    parser.add_argument("--mask", action="store_true", help="write the greyscale alpha mask instead of a cut-out")
+    parser.add_argument("--threshold", type=float, help="hard mask: binarise the alpha at this probability (0-1)")
+    parser.add_argument("--model", help="local weights folder or Hugging Face Hub repo id (default: embedded weights)")
+    parser.add_argument("--revision", help="Hub revision (branch, tag or commit) for --model")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _images_in(folder: Path, pattern: str) -> Iterator[Path]:
+    for path in sorted(folder.rglob(pattern)):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            yield path
+
+
+def _plan(inputs: Sequence[str], output: Path | None, pattern: str, suffix: str) -> tuple[list[Job], list[str]]:
+    """Map each input image to the file it will be written to; returns jobs and problems found."""
+    jobs: list[Job] = []
+    problems: list[str] = []
+    files_only = all(Path(i).is_file() for i in inputs)
+    single_file_target = (
+        output is not None and files_only and len(inputs) == 1 and not output.is_dir() and output.suffix != ""
+    )
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            for image in _images_in(path, pattern):
+                relative = image.relative_to(path).with_suffix(suffix)
+                if output is None:
+                    target = image.with_name(f"{image.stem}-nobg{suffix}")
+                else:
+                    target = output / path.name / relative if len(inputs) > 1 else output / relative
+                jobs.append(Job(image, target))
+        elif path.is_file():
+            if single_file_target:
+                assert output is not None
+                target = output
+            elif output is None:
+                target = path.with_name(f"{path.stem}-nobg{suffix}")
+            else:
+                target = output / f"{path.stem}{suffix}"
+            jobs.append(Job(path, target))
+        else:
+            problems.append(f"{raw}: no such file or folder")
+    return jobs, problems
+
+
+class _Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self.total = total
+        self.stream = stream
+        self.enabled = enabled and total > 1
+        self.done = 0
+        self.started = time.monotonic()
+
+    def step(self) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        width = 30
+        filled = round(width * self.done / self.total)
+        rate = self.done / max(time.monotonic() - self.started, 1e-6)
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {rate:.1f} img/s")
+        if self.done == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _save_atomically(image: object, target: Path, image_format: str) -> None:
+    from PIL import Image
+
+    assert isinstance(image, Image.Image)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format=image_format)
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 all done, 1 some images failed, 2 bad usage)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    err = sys.stderr
+
+    fmt_key = args.format or (args.output.suffix.lower().lstrip(".") if args.output and args.output.suffix.lower().lstrip(".") in FORMATS else "png")
+    image_format = FORMATS[fmt_key]
+    suffix = ".jpg" if image_format == "JPEG" else f".{fmt_key}"
+    if image_format == "JPEG" and not (args.background or args.mask):
+        err.write("bgremove: JPEG has no transparency: add --background COLOUR (e.g. white), or use --format png/webp\n")
+        return 2
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        err.write(f"bgremove: --threshold must be between 0 and 1, got {args.threshold}\n")
+        return 2
+
+    from .api import BackgroundRemover, load_image
+
+    background: object = None
+    if args.background:
+        background = load_image(args.background) if Path(args.background).is_file() else args.background
+    try:
+        remover = BackgroundRemover(args.model, revision=args.revision, device=args.device, batch_size=args.batch_size)
+    except (BgRemoveError, ValueError) as exc:
+        err.write(f"bgremove: {exc}\n")
+        return 2
+    options = {"background": background, "return_mask": args.mask, "threshold": args.threshold}
+
+    if args.inputs == ["-"]:
+        try:
+            result = remover.remove(sys.stdin.buffer.read(), **options)  # type: ignore[arg-type]
+        except (BgRemoveError, ValueError) as exc:
+            err.write(f"bgremove: stdin: {exc}\n")
+            return 1
+        buffer = io.BytesIO()
+        result.save(buffer, format=image_format)
+        sys.stdout.buffer.write(buffer.getvalue())
+        sys.stdout.buffer.flush()
+        return 0
+
+    jobs, problems = _plan(args.inputs, args.output, args.glob, suffix)
+    for problem in problems:
+        err.write(f"bgremove: {problem}\n")
+    sources = {job.source.resolve() for job in jobs}
+    progress = _Progress(len(jobs), err, enabled=not args.quiet and err.isatty())
+    failed = len(problems)
+    for start in range(0, len(jobs), args.batch_size):
+        ready = []
+        for job in jobs[start : start + args.batch_size]:
+            if job.target.resolve() in sources:
+                err.write(f"bgremove: {job.source}: refusing to write over an input ({job.target})\n")
+                failed += 1
+                progress.step()
+            elif job.target.exists() and not args.overwrite:
+                err.write(f"bgremove: {job.source}: {job.target} exists; pass --overwrite to replace it\n")
+                failed += 1
+                progress.step()
+            else:
+                try:
+                    ready.append((job, load_image(job.source)))
+                except BgRemoveError as exc:
+                    err.write(f"bgremove: {job.source}: {exc}\n")
+                    failed += 1
+                    progress.step()
+        if ready:
+            results = remover.remove_many([image for _, image in ready], **options)  # type: ignore[arg-type]
+            for (job, _), result in zip(ready, results):
+                try:
+                    _save_atomically(result, job.target, image_format)
+                except OSError as exc:
+                    err.write(f"bgremove: {job.source}: cannot write {job.target}: {exc}\n")
+                    failed += 1
+                progress.step()
+    if failed:
+        err.write(f"bgremove: {failed} of {len(jobs) + len(problems)} input(s) failed\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

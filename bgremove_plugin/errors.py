@@ -1,0 +1,21 @@
+"""Typed errors: each says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+__all__ = ["BgRemoveError", "InvalidImageError", "ModelLoadError", "DeviceUnavailableError"]
+
+
+class BgRemoveError(Exception):
+    """Base class of every error bgremove_plugin raises on purpose."""
+
+
+class InvalidImageError(BgRemoveError, ValueError):
+    """The input is not an image the package can read (wrong type, unreadable bytes, zero size)."""
+
+
+class ModelLoadError(BgRemoveError, OSError):
+    """Weights could not be found, downloaded or matched to their config."""
+
+
+class DeviceUnavailableError(BgRemoveError, RuntimeError):
+    """An explicitly requested device (``cuda``, ``mps``) is not available in this process."""

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bgremove_plugin import BackgroundRemover, DeviceUnavailableError, InvalidImageError, remove_background
+
+from .conftest import FIXTURES, PORTRAIT
+
+
+@pytest.fixture(scope="module")
+def portrait() -> Image.Image:
+    return Image.open(PORTRAIT).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_weights: Path) -> BackgroundRemover:
+    return BackgroundRemover(tiny_weights, device="cpu")
+
+
+def test_import_is_light() -> None:
+    code = "import sys, bgremove_plugin; print('torch' in sys.modules, 'gradio' in sys.modules, 'pycocotools' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "False"]
+
+
+def test_default_call_returns_same_size_rgba_with_soft_alpha(portrait: Image.Image) -> None:
+    cutout = remove_background(portrait)
+    assert cutout.mode == "RGBA" and cutout.size == portrait.size
+    alpha = np.asarray(cutout.getchannel("A"))
+    assert alpha.min() < 20 and alpha.max() > 235, "a portrait has both person and background"
+    assert len(np.unique(alpha)) > 10, "alpha stays soft unless a threshold is asked for"
+    np.testing.assert_array_equal(np.asarray(cutout)[..., :3], np.asarray(portrait))
+
+
+def test_the_portrait_is_cut_out(portrait: Image.Image) -> None:
+    alpha = np.asarray(remove_background(portrait, return_mask=True), dtype=np.float32) / 255
+    face_and_chest = alpha[120:400, 170:330]
+    assert face_and_chest.mean() > 0.85
+    sky_and_flag_corner = alpha[:80, 380:]
+    assert sky_and_flag_corner.mean() < 0.3
+
+
+def test_a_photo_without_people_gives_a_mostly_empty_mask() -> None:
+    alpha = np.asarray(remove_background(FIXTURES / "coffee.jpg", return_mask=True), dtype=np.float32) / 255
+    assert alpha.mean() < 0.15
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "CMYK", "I;16", "F", "1"])
+def test_every_pil_mode_is_accepted(tiny: BackgroundRemover, portrait: Image.Image, mode: str) -> None:
+    image = portrait.resize((97, 61)).convert(mode)
+    out = tiny(image)
+    assert out.mode == "RGBA" and out.size == (97, 61)
+
+
+def test_transparent_input_pixels_stay_transparent(tiny: BackgroundRemover, portrait: Image.Image) -> None:
+    rgba = portrait.resize((64, 64)).convert("RGBA")
+    rgba.putalpha(Image.new("L", (64, 64), 0))
+    assert np.asarray(tiny(rgba).getchannel("A")).max() == 0
+
+
+def test_exif_orientation_is_respected(tiny: BackgroundRemover, tmp_path: Path, portrait: Image.Image) -> None:
+    image = portrait.resize((80, 40))
+    exif = image.getexif()
+    exif[0x0112] = 8  # displayed rotated by 90 degrees
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif)
+    assert tiny(path).size == (40, 80)
+    assert tiny(path.read_bytes()).size == (40, 80)
+    assert tiny(Image.open(path)).size == (40, 80)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((30, 40), dtype=np.uint8),
+        np.zeros((30, 40, 3), dtype=np.uint8),
+        np.zeros((30, 40, 4), dtype=np.uint8),
+        np.full((30, 40, 3), 0.5, dtype=np.float32),
+        np.ones((30, 40, 1), dtype=np.float64),
+    ],
+)
+def test_numpy_arrays_are_accepted(tiny: BackgroundRemover, array: np.ndarray) -> None:
+    out = tiny(array)
+    assert out.mode == "RGBA" and out.size == (40, 30)
+
+
+def test_paths_and_bytes_are_accepted(tiny: BackgroundRemover) -> None:
+    assert tiny(str(PORTRAIT)).size == (512, 512)
+    assert tiny(PORTRAIT).size == (512, 512)
+    assert tiny(PORTRAIT.read_bytes()).size == (512, 512)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (12, "got int"),
+        (None, "got NoneType"),
+        (b"", "empty bytes"),
+        (b"not an image at all", "not a readable image"),
+        (np.zeros((0, 5, 3), dtype=np.uint8), "empty numpy array"),
+        (np.zeros((5, 5, 2), dtype=np.uint8), "shape"),
+        (np.full((5, 5, 3), 2.0), r"\[0, 1\]"),
+        (np.zeros((5, 5, 3), dtype=np.int32), "dtype"),
+        ("/no/such/file.jpg", "no image file"),
+    ],
+)
+def test_bad_inputs_raise_a_typed_error(tiny: BackgroundRemover, bad: object, message: str) -> None:
+    with pytest.raises(InvalidImageError, match=message):
+        tiny(bad)  # type: ignore[arg-type]
+
+
+def test_a_text_file_is_not_an_image(tiny: BackgroundRemover, tmp_path: Path) -> None:
+    path = tmp_path / "notes.jpg"
+    path.write_text("hello")
+    with pytest.raises(InvalidImageError, match="notes.jpg"):
+        tiny(path)
+
+
+def test_background_colour_and_image_give_rgb(tiny: BackgroundRemover, portrait: Image.Image) -> None:
+    small = portrait.resize((64, 48))
+    mask = np.asarray(tiny.remove(small, return_mask=True), dtype=np.float32)[..., None] / 255
+    red = np.asarray(tiny.remove(small, background="#ff0000"), dtype=np.float32)
+    expected = np.asarray(small, dtype=np.float32) * mask + np.array([255, 0, 0]) * (1 - mask)
+    assert np.abs(red - expected).max() <= 1.5
+    on_image = tiny.remove(small, background=Image.new("RGB", (10, 10), (0, 0, 255)))
+    assert on_image.mode == "RGB" and on_image.size == (64, 48)
+    assert tiny.remove(small, background=(0, 255, 0)).mode == "RGB"
+    with pytest.raises(ValueError, match="colour"):
+        tiny.remove(small, background="not-a-colour")
+
+
+def test_mask_and_threshold(tiny: BackgroundRemover, portrait: Image.Image) -> None:
+    mask = tiny.remove(portrait, return_mask=True)
+    assert mask.mode == "L" and mask.size == portrait.size
+    hard = np.asarray(tiny.remove(portrait, return_mask=True, threshold=0.5))
+    assert set(np.unique(hard)) <= {0, 255}
+    np.testing.assert_array_equal(hard == 255, np.asarray(mask) >= 128)
+    with pytest.raises(ValueError, match="threshold"):
+        tiny.remove(portrait, threshold=1.5)
+
+
+def test_batches_match_single_calls(tiny: BackgroundRemover, portrait: Image.Image) -> None:
+    images = [portrait.resize((64 + 8 * i, 48)) for i in range(5)]
+    batched = tiny.remove_many(images)
+    for image, out in zip(images, batched):
+        single = np.asarray(tiny(image), dtype=np.int16)
+        assert np.abs(single - np.asarray(out, dtype=np.int16)).max() <= 1
+
+
+def test_shared_between_threads_gives_the_same_results(tiny: BackgroundRemover, portrait: Image.Image) -> None:
+    inputs = [portrait.resize((64 + 16 * i, 64)) for i in range(4)]
+    expected = [np.asarray(tiny(image)) for image in inputs]
+    results: dict[int, list[np.ndarray]] = {}
+
+    def work(worker: int) -> None:
+        results[worker] = [np.asarray(tiny(image)) for image in inputs]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for outputs in results.values():
+        for got, want in zip(outputs, expected):
+            np.testing.assert_array_equal(got, want)
+    assert len(results) == 4
+
+
+def test_unavailable_device_fails_loudly() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DeviceUnavailableError, match="CUDA is not available"):
+        remove_background(PORTRAIT, device="cuda")
+
+
+def test_output_saves_as_png_with_alpha(tiny: BackgroundRemover) -> None:
+    buffer = io.BytesIO()
+    tiny(PORTRAIT).save(buffer, format="PNG")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == "RGBA"

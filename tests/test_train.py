@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("pycocotools", reason="training tests need the [train] extra (pycocotools)")
+
+from bgremove_plugin import load_model  # noqa: E402
+from train.data import AugmentConfig, augment  # noqa: E402
+from train.export import export  # noqa: E402
+from train.metrics import person_iou  # noqa: E402
+from train.sources import Sample, coco_person_images, export_coco_folder, folder_samples, split_samples  # noqa: E402
+from train.train import SourceConfig, TrainConfig, Trainer, main  # noqa: E402
+
+COCO_JSON = "coco128/annotations/instances_train2017_coco128.json"
+
+
+def make_folder_source(root: Path, count: int = 10, size: tuple[int, int] = (96, 128)) -> Path:
+    """Synthetic photos: a bright 'person' ellipse on a striped background, with its mask."""
+    folder = root / "synthetic"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    width, height = size
+    yy, xx = np.mgrid[:height, :width]
+    for i in range(count):
+        cx, cy = rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height
+        person = ((xx - cx) / (width * 0.2)) ** 2 + ((yy - cy) / (height * 0.35)) ** 2 < 1
+        background = np.stack([np.full_like(xx, 40), 80 + (xx % 16) * 8, np.full_like(xx, 200)], axis=-1)
+        image = np.where(person[..., None], np.array([230, 60, 40]), background).astype(np.uint8)
+        Image.fromarray(image).save(folder / "images" / f"{i:03d}.jpg")
+        Image.fromarray(person.astype(np.uint8) * 255).save(folder / "masks" / f"{i:03d}.png")
+    return folder
+
+
+def tiny_config(**changes: object) -> TrainConfig:
+    cfg = TrainConfig(
+        name="test", sources=[], backgrounds=[], samples_per_epoch=8, batch_size=2, val_limit=0, grid_images=2,
+        augment=AugmentConfig(patch_size=64, input_size=96),
+    )
+    return dataclasses.replace(cfg, **changes)
+
+
+# --- data sources -------------------------------------------------------------------------------
+
+
+def test_coco_filter_keeps_the_expected_twelve_images(data_root: Path) -> None:
+    selected = coco_person_images(data_root / COCO_JSON)
+    assert sorted(selected) == [36, 165, 294, 326, 370, 428, 436, 446, 459, 474, 572, 623]
+    for mask in selected.values():
+        assert mask.dtype == np.uint8 and 0.2 <= (mask > 0).mean() <= 0.7
+
+
+def test_coco_export_writes_a_folder_source(data_root: Path, tmp_path: Path) -> None:
+    samples = export_coco_folder(data_root / COCO_JSON, data_root / "coco128" / "images", tmp_path / "coco_people")
+    assert len(samples) == 12
+    again = folder_samples(tmp_path / "coco_people")
+    assert [s.stem for s in again] == sorted(s.stem for s in samples)
+    image, mask = Image.open(again[0].image), Image.open(again[0].mask)
+    assert image.size == mask.size and mask.mode == "L"
+
+
+def test_split_is_70_20_10_disjoint_and_seeded() -> None:
+    samples = [Sample(f"{i:04d}", Path(f"{i}.jpg"), Path(f"{i}.png")) for i in range(1003)]
+    splits = split_samples(samples, seed=0)
+    assert [len(splits[k]) for k in ("train", "val", "test")] == [702, 201, 100]
+    stems = [set(s.stem for s in splits[k]) for k in ("train", "val", "test")]
+    assert not (stems[0] & stems[1]) and not (stems[0] & stems[2]) and not (stems[1] & stems[2])
+    assert split_samples(list(reversed(samples)), seed=0) == splits
+    assert split_samples(samples, seed=1)["test"] != splits["test"]
+
+
+def test_committed_ccp_split_lists_cover_the_data(data_root: Path) -> None:
+    from train.train import SPLIT_DIR
+
+    lists = {k: (SPLIT_DIR / f"ccp_{k}.txt").read_text().split() for k in ("train", "val", "test")}
+    assert [len(v) for v in lists.values()] == [702, 201, 100]
+    assert sorted(sum(lists.values(), [])) == sorted(s.stem for s in folder_samples(data_root / "ccp"))
+
+
+# --- augmentation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_augmentation_keeps_image_and_mask_aligned(tmp_path: Path, seed: int) -> None:
+    height, width = 120, 80
+    yy, xx = np.mgrid[:height, :width]
+    person = ((xx - 40) / 18.0) ** 2 + ((yy - 60) / 45.0) ** 2 < 1
+    image = np.where(person[..., None], [255, 0, 0], [0, 0, 255]).astype(np.uint8)
+    cfg = AugmentConfig(patch_size=64, input_size=96, color_jitter=0.0, noise_prob=0.0, blur_prob=0.0, grayscale_prob=0.0)
+    out_image, out_mask = augment(image, person.astype(np.uint8) * 255, cfg, np.random.default_rng(seed))
+    assert out_image.shape == (64, 64, 3) and out_mask.shape == (64, 64)
+    assert set(np.unique(out_mask)) <= {0, 1}
+    red = out_image[..., 0].astype(int) > out_image[..., 2].astype(int) + 60
+    agreement = (red == out_mask.astype(bool)).mean()
+    assert agreement > 0.95
+
+
+def test_portrait_crops_enlarge_the_person() -> None:
+    height, width = 300, 200
+    person = np.zeros((height, width), dtype=np.uint8)
+    person[40:290, 80:120] = 255  # a thin, full-height "body"
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    portrait = AugmentConfig(patch_size=64, input_size=96, portrait_prob=1.0)
+    scene = AugmentConfig(patch_size=64, input_size=96, portrait_prob=0.0)
+    share_portrait = np.mean([augment(image, person, portrait, np.random.default_rng(s))[1].mean() for s in range(10)])
+    share_scene = np.mean([augment(image, person, scene, np.random.default_rng(s))[1].mean() for s in range(10)])
+    assert share_portrait > 1.5 * share_scene
+
+
+def test_person_iou_edge_cases() -> None:
+    truth = np.zeros((4, 4), dtype=np.uint8)
+    assert person_iou(np.zeros((4, 4)), truth) == 1.0
+    truth[:2] = 255
+    assert person_iou(np.zeros((4, 4)), truth) == 0.0
+    prob = np.zeros((4, 4))
+    prob[:1] = 0.9
+    assert person_iou(prob, truth) == pytest.approx(0.5)
+
+
+# --- loop, resume, export ------------------------------------------------------------------------
+
+
+def _trainer(tmp_path: Path, run: str, epochs: int) -> Trainer:
+    source = tmp_path / "synthetic"
+    if not source.exists():
+        make_folder_source(tmp_path)
+    cfg = tiny_config(epochs=epochs, sources=[SourceConfig("synthetic")])
+    run_dir = tmp_path / run
+    run_dir.mkdir(exist_ok=True)
+    return Trainer(cfg, run_dir, torch.device("cpu"), tmp_path, split_dir=tmp_path / "splits")
+
+
+def test_resumed_run_continues_exactly(tmp_path: Path) -> None:
+    straight = _trainer(tmp_path, "straight", epochs=2)
+    straight.run(max_minutes=60)
+
+    first = _trainer(tmp_path, "resumed", epochs=1)
+    first.run(max_minutes=60)
+    second = _trainer(tmp_path, "resumed", epochs=2)
+    second.load(torch.load(tmp_path / "resumed" / "last.pt", map_location="cpu", weights_only=False))
+    assert second.epoch == 1 and second.samples_seen == 8
+    second.run(max_minutes=60)
+
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+    assert second.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
+    rows = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["samples_seen"] == 16
+    assert {"train_loss", "val_iou", "lr", "epoch_seconds"} <= rows[0].keys()
+    assert (tmp_path / "resumed" / "grids" / "epoch_002.png").exists()
+    assert (tmp_path / "resumed" / "best.pt").exists()
+
+
+def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None:
+    make_folder_source(tmp_path)
+    run_dir = tmp_path / "run"
+    common = ["--run-dir", str(run_dir), "--data-root", str(tmp_path), "--split-dir", str(tmp_path / "splits"), "--device", "cpu"]
+    overrides = [
+        "--set", 'sources=[{"path": "synthetic"}]', "--set", "backgrounds=[]", "--set", "samples_per_epoch=4",
+        "--set", "batch_size=2", "--set", "augment.patch_size=64", "--set", "augment.input_size=64", "--set", "val_limit=0",
+    ]
+    main([*common, *overrides, "--epochs", "1"])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["augment"]["patch_size"] == 64 and config["optimizer"] == "adamw"
+    session = json.loads((run_dir / "sessions.jsonl").read_text().splitlines()[0])
+    assert session["git_commit"] and session["start_epoch"] == 0
+    with pytest.raises(SystemExit, match="--resume"):
+        main([*common, "--epochs", "1"])
+    main([*common, "--resume", "--epochs", "2"])
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+    info = export(run_dir, tmp_path / "exported", fp16=True)
+    assert info["epoch"] in (1, 2)
+    assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == ["config.json", "model.safetensors", "training_info.json"]
+    model = load_model(tmp_path / "exported")
+    assert model.input_size == 64 and next(model.parameters()).dtype == torch.float32

@@ -1,0 +1,53 @@
+"""Write downscaled copies of folder sources (same images/ + masks/ layout) for a GPU machine.
+
+The shared data does not travel to a lent GPU; a long-side-320 copy of CCP and coco128 (about 30 MB)
+does, in the git-ignored ``data_cache/`` named in the device tool's ``carry``.
+
+Example:
+    python -m train.cache --out data_cache --long-side 320 ccp coco128
+    python -m train.train --config gpu-fcdn103 --run-dir train/runs/gpu-fcdn103 --data-root data_cache --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from PIL import Image
+
+from .sources import data_root
+
+
+def downscale_folder(source: Path, target: Path, long_side: int) -> int:
+    (target / "images").mkdir(parents=True, exist_ok=True)
+    (target / "masks").mkdir(parents=True, exist_ok=True)
+    count = 0
+    for image_path in sorted((source / "images").glob("*.jpg")):
+        mask_path = source / "masks" / f"{image_path.stem}.png"
+        if not mask_path.exists():
+            continue
+        image = Image.open(image_path).convert("RGB")
+        mask = Image.open(mask_path).convert("L")
+        scale = min(1.0, long_side / max(image.size))
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image.resize(size, Image.Resampling.LANCZOS).save(target / "images" / image_path.name, quality=92)
+        mask.resize(size, Image.Resampling.BILINEAR).save(target / "masks" / mask_path.name)
+        count += 1
+    return count
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sources", nargs="+", help="folder names under the data root")
+    parser.add_argument("--out", type=Path, default=Path("data_cache"))
+    parser.add_argument("--long-side", type=int, default=320)
+    parser.add_argument("--data-root", type=Path, default=None)
+    args = parser.parse_args(argv)
+    root = args.data_root or data_root()
+    for name in args.sources:
+        count = downscale_folder(root / name, args.out / name, args.long_side)
+        print(f"{name}: {count} pairs -> {args.out / name}")
+
+
+if __name__ == "__main__":
+    main()

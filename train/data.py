@@ -1,0 +1,216 @@
+"""In-memory training data and paired augmentations (image and mask always move together).
+
+Every random choice for sample ``i`` of epoch ``e`` comes from ``default_rng((seed, e, i))``, so a
+resumed run sees exactly the samples and augmentations it would have seen without stopping.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from bgremove_plugin.transforms import normalize
+
+from .sources import Sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    patch_size: int = 128
+    """Side of the square training crop, in network pixels."""
+    input_size: int = 224
+    """Long side the whole photo has at inference: crops keep people at that scale (with jitter)."""
+    scale_jitter: tuple[float, float] = (0.7, 1.5)
+    portrait_prob: float = 0.35
+    """Share of crops framed head-to-waist, turning full-body photos into portraits."""
+    composite_prob: float = 0.3
+    """Share of samples whose person is pasted onto a photo without people."""
+    flip_prob: float = 0.5
+    grayscale_prob: float = 0.08
+    blur_prob: float = 0.15
+    noise_prob: float = 0.2
+    color_jitter: float = 0.3
+    """Max relative change of brightness, contrast and saturation."""
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class LoadedSet:
+    """Images and masks decoded once and kept in RAM at a reduced size."""
+
+    stems: list[str]
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    weight: float = 1.0
+    name: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _load_pair(sample: Sample, long_side: int | None) -> tuple[np.ndarray, np.ndarray]:
+    image = Image.open(sample.image).convert("RGB")
+    mask = Image.open(sample.mask).convert("L")
+    if mask.size != image.size:
+        raise ValueError(f"{sample.mask} is {mask.size}, its image is {image.size}")
+    if long_side and max(image.size) > long_side:
+        scale = long_side / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+        mask = mask.resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(image), np.asarray(mask)
+
+
+def load_set(samples: Sequence[Sample], *, long_side: int | None = 320, name: str = "", weight: float = 1.0) -> LoadedSet:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pairs = list(pool.map(lambda s: _load_pair(s, long_side), samples))
+    return LoadedSet([s.stem for s in samples], [p[0] for p in pairs], [p[1] for p in pairs], weight, name)
+
+
+def load_backgrounds(paths: Sequence[Path], long_side: int = 320) -> list[np.ndarray]:
+    backgrounds = []
+    for path in paths:
+        image = Image.open(path).convert("RGB")
+        image.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
+        backgrounds.append(np.asarray(image))
+    return backgrounds
+
+
+def _mean_colour(cfg: AugmentConfig) -> tuple[int, int, int]:
+    r, g, b = (round(m * 255) for m in cfg.mean)
+    return (r, g, b)
+
+
+def _composite(image: np.ndarray, mask: np.ndarray, background: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Paste the labelled person onto ``background`` (cropped/resized to cover the image)."""
+    height, width = mask.shape
+    bg = Image.fromarray(background)
+    scale = max(width / bg.width, height / bg.height) * rng.uniform(1.0, 1.4)
+    bg = bg.resize((max(width, round(bg.width * scale)), max(height, round(bg.height * scale))), Image.Resampling.BILINEAR)
+    left = int(rng.integers(0, bg.width - width + 1))
+    top = int(rng.integers(0, bg.height - height + 1))
+    bg_array = np.asarray(bg)[top : top + height, left : left + width].astype(np.float32)
+    # A one-pixel feather hides the label's jagged superpixel edge without inventing hair detail.
+    alpha = np.asarray(Image.fromarray(mask).filter(ImageFilter.GaussianBlur(1.0)), dtype=np.float32)[..., None] / 255.0
+    return (image.astype(np.float32) * alpha + bg_array * (1.0 - alpha)).round().astype(np.uint8)
+
+
+def _crop_box(mask: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) in image pixels; may extend past the image (filled with the mean)."""
+    height, width = mask.shape
+    ys, xs = np.nonzero(mask > 127)
+    has_person = len(ys) > 0
+    if has_person and rng.random() < cfg.portrait_prob:
+        top, bottom = ys.min(), ys.max()
+        person_height = bottom - top + 1
+        crop_top = top - person_height * rng.uniform(0.02, 0.15)
+        crop_bottom = top + person_height * rng.uniform(0.25, 0.6)
+        box_h = crop_bottom - crop_top
+        box_w = box_h * rng.uniform(0.75, 1.3)
+        upper = ys < top + person_height * 0.3
+        centre_x = xs[upper].mean() + box_w * rng.uniform(-0.15, 0.15)
+        return centre_x - box_w / 2, crop_top, centre_x + box_w / 2, crop_bottom
+    # Keep people at the scale inference gives them: the whole photo's long side maps to input_size.
+    side = max(height, width) * cfg.patch_size / cfg.input_size * rng.uniform(*cfg.scale_jitter)
+    if has_person and rng.random() < 0.7:
+        idx = int(rng.integers(len(ys)))
+        centre_x = xs[idx] + side * rng.uniform(-0.3, 0.3)
+        centre_y = ys[idx] + side * rng.uniform(-0.3, 0.3)
+    else:
+        centre_x = rng.uniform(0, width)
+        centre_y = rng.uniform(0, height)
+    return centre_x - side / 2, centre_y - side / 2, centre_x + side / 2, centre_y + side / 2
+
+
+def _photometric(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    pixels = image.astype(np.float32)
+    j = cfg.color_jitter
+    pixels *= rng.uniform(1 - j, 1 + j)  # brightness
+    mean = pixels.mean()
+    pixels = (pixels - mean) * rng.uniform(1 - j, 1 + j) + mean  # contrast
+    grey = pixels.mean(axis=2, keepdims=True)
+    saturation = 0.0 if rng.random() < cfg.grayscale_prob else rng.uniform(1 - j, 1 + j)
+    pixels = grey + (pixels - grey) * saturation
+    pixels *= rng.uniform(0.93, 1.07, size=3)  # white balance
+    if rng.random() < cfg.noise_prob:
+        pixels += rng.normal(0.0, rng.uniform(2.0, 10.0), size=pixels.shape)
+    result = np.clip(pixels, 0, 255).astype(np.uint8)
+    if rng.random() < cfg.blur_prob:
+        result = np.asarray(Image.fromarray(result).filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.5))))
+    return result
+
+
+def augment(
+    image: np.ndarray,
+    mask: np.ndarray,
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+    backgrounds: Sequence[np.ndarray] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """One random training crop: uint8 (P, P, 3) image and uint8 (P, P) mask in {0, 1}."""
+    if backgrounds and rng.random() < cfg.composite_prob:
+        image = _composite(image, mask, backgrounds[int(rng.integers(len(backgrounds)))], rng)
+    box = _crop_box(mask, cfg, rng)
+    size = (cfg.patch_size, cfg.patch_size)
+    crop = Image.fromarray(image).transform(
+        size, Image.Transform.EXTENT, box, Image.Resampling.BILINEAR, fillcolor=_mean_colour(cfg)
+    )
+    crop_mask = Image.fromarray(mask).transform(size, Image.Transform.EXTENT, box, Image.Resampling.BILINEAR, fillcolor=0)
+    image_out = np.asarray(crop)
+    mask_out = (np.asarray(crop_mask) > 127).astype(np.uint8)
+    if rng.random() < cfg.flip_prob:
+        image_out = image_out[:, ::-1]
+        mask_out = mask_out[:, ::-1]
+    return _photometric(image_out, cfg, rng), np.ascontiguousarray(mask_out)
+
+
+class EpochSampler:
+    """Draws the (set, index) pairs of one epoch; sets are sampled in proportion to their weight."""
+
+    def __init__(self, sets: Sequence[LoadedSet], seed: int) -> None:
+        self.sets = list(sets)
+        self.seed = seed
+        sizes = np.array([len(s.images) * s.weight for s in self.sets], dtype=np.float64)
+        self.set_probs = sizes / sizes.sum()
+
+    def draw(self, epoch: int, count: int) -> list[tuple[int, int]]:
+        rng = np.random.default_rng((self.seed, epoch, 0x5A))
+        set_ids = rng.choice(len(self.sets), size=count, p=self.set_probs)
+        return [(int(s), int(rng.integers(len(self.sets[s].images)))) for s in set_ids]
+
+
+class TrainingStream(torch.utils.data.Dataset):
+    """The ``count`` augmented samples of one epoch, reproducible from (seed, epoch)."""
+
+    def __init__(
+        self,
+        sampler: EpochSampler,
+        epoch: int,
+        count: int,
+        cfg: AugmentConfig,
+        backgrounds: Sequence[np.ndarray] = (),
+    ) -> None:
+        self.draws = sampler.draw(epoch, count)
+        self.sets = sampler.sets
+        self.seed = sampler.seed
+        self.epoch = epoch
+        self.cfg = cfg
+        self.backgrounds = backgrounds
+
+    def __len__(self) -> int:
+        return len(self.draws)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        set_id, index = self.draws[i]
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        chosen = self.sets[set_id]
+        image, mask = augment(chosen.images[index], chosen.masks[index], self.cfg, rng, self.backgrounds)
+        return torch.from_numpy(normalize(image, self.cfg.mean, self.cfg.std)), torch.from_numpy(mask.astype(np.int64))

@@ -1,0 +1,426 @@
+"""Train a TiramisuNet person segmenter; resumable, one folder per run.
+
+Examples:
+    python -m train.train --config cpu-fcdn56 --run-dir train/runs/cpu-fcdn56 --max-minutes 90
+    python -m train.train --run-dir train/runs/cpu-fcdn56 --resume --max-minutes 120
+    python -m train.train --config original --run-dir train/runs/original --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import platform
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from bgremove_plugin.model import PRESETS, TiramisuNet
+from bgremove_plugin.transforms import prepare_batch, unpad_and_resize
+
+from .data import AugmentConfig, EpochSampler, LoadedSet, TrainingStream, load_backgrounds, load_set
+from .metrics import person_iou
+from .sources import Sample, data_root, folder_samples, read_split_list, split_samples, write_split_lists
+
+log = logging.getLogger("train")
+REPO = Path(__file__).resolve().parents[1]
+SPLIT_DIR = REPO / "train" / "splits"
+
+
+@dataclass
+class SourceConfig:
+    path: str
+    """images/ + masks/ folder, relative to the data root."""
+    weight: float = 1.0
+    """Sampling weight per image relative to other sources."""
+
+
+@dataclass
+class TrainConfig:
+    name: str = "cpu-fcdn56"
+    preset: str = "fcdensenet56"
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig("ccp")])
+    backgrounds: list[str] = field(default_factory=lambda: ["coco128"])
+    """Folders whose all-zero masks mark photos without people, used as composite backgrounds."""
+    split_seed: int = 0
+    seed: int = 1234
+    epochs: int = 300
+    samples_per_epoch: int = 500
+    batch_size: int = 4
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    lr_decay: float = 0.985
+    """Exponential decay of the learning rate per epoch."""
+    weight_decay: float = 1e-4
+    ema_decay: float = 0.998
+    cache_long_side: int = 320
+    val_limit: int = 100
+    """Validate on the first N validation images (0 = all)."""
+    grid_images: int = 6
+    num_workers: int = 0
+    amp: bool = True
+    """bfloat16 autocast on CUDA; ignored on CPU."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def _named_configs() -> dict[str, TrainConfig]:
+    original = TrainConfig(
+        name="original",
+        preset="fcdensenet103",
+        sources=[SourceConfig("ccp")],
+        backgrounds=[],
+        batch_size=8,
+        optimizer="rmsprop",
+        lr=1e-3,
+        lr_decay=0.995,
+        weight_decay=1e-4,
+        ema_decay=0.0,
+        augment=AugmentConfig(
+            patch_size=224, input_size=320, portrait_prob=0.0, composite_prob=0.0,
+            grayscale_prob=0.0, blur_prob=0.0, noise_prob=0.0, color_jitter=0.0, scale_jitter=(1.0, 1.0),
+        ),
+    )
+    cpu = TrainConfig()
+    gpu = TrainConfig(
+        name="gpu-fcdn103",
+        preset="fcdensenet103",
+        batch_size=16,
+        num_workers=8,
+        augment=AugmentConfig(patch_size=224, input_size=320),
+    )
+    return {c.name: c for c in (original, cpu, gpu)}
+
+
+NAMED_CONFIGS = _named_configs()
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    raw = dict(raw)
+    augment = raw.pop("augment", {})
+    if "scale_jitter" in augment:
+        augment["scale_jitter"] = tuple(augment["scale_jitter"])
+    for key in ("mean", "std"):
+        if key in augment:
+            augment[key] = tuple(augment[key])
+    raw["sources"] = [SourceConfig(**s) for s in raw.get("sources", [])]
+    return TrainConfig(**raw, augment=AugmentConfig(**augment))
+
+
+def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The architecture + preprocessing arguments that become the exported config.json."""
+    return {
+        **PRESETS[cfg.preset],
+        "input_size": cfg.augment.input_size,
+        "mean": list(cfg.augment.mean),
+        "std": list(cfg.augment.std),
+    }
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def dataset_splits(folder: Path, name: str, seed: int, split_dir: Path = SPLIT_DIR) -> dict[str, list[Sample]]:
+    """The 70/20/10 split of a folder source; committed split lists win over recomputing."""
+    samples = folder_samples(folder)
+    lists = {split: split_dir / f"{name}_{split}.txt" for split in ("train", "val", "test")}
+    if all(p.exists() for p in lists.values()):
+        by_stem = {s.stem: s for s in samples}
+        return {split: [by_stem[stem] for stem in read_split_list(p)] for split, p in lists.items()}
+    splits = split_samples(samples, seed=seed)
+    write_split_lists(splits, split_dir, name)
+    return splits
+
+
+def background_paths(folder: Path) -> list[Path]:
+    paths = []
+    for mask_path in sorted((folder / "masks").glob("*.png")):
+        if not np.asarray(Image.open(mask_path)).any():
+            paths.append(folder / "images" / f"{mask_path.stem}.jpg")
+    return paths
+
+
+# --- run folder ---------------------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_grid(path: Path, images: list[np.ndarray], truths: list[np.ndarray], probs: list[np.ndarray]) -> None:
+    """One row per validation image: photo | ground truth | predicted probability."""
+    height = 160
+    rows = []
+    for image, truth, prob in zip(images, truths, probs):
+        width = round(image.shape[1] * height / image.shape[0])
+        tiles = [
+            Image.fromarray(image).resize((width, height)),
+            Image.fromarray(truth).convert("RGB").resize((width, height)),
+            Image.fromarray((prob * 255).astype(np.uint8)).convert("RGB").resize((width, height)),
+        ]
+        rows.append(np.concatenate([np.asarray(t) for t in tiles], axis=1))
+    widest = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, widest - r.shape[1]), (0, 0))) for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+@torch.inference_mode()
+def predict_probabilities(model: torch.nn.Module, images: list[np.ndarray], device: torch.device, batch_size: int = 8) -> list[np.ndarray]:
+    """Person probability at each image's own size, through the same preprocessing as the package."""
+    net = model.module if isinstance(model, AveragedModel) else model
+    probs: list[np.ndarray] = []
+    for start in range(0, len(images), batch_size):
+        chunk = [Image.fromarray(a) for a in images[start : start + batch_size]]
+        batch, valid = prepare_batch(chunk, long_side=net.input_size, multiple=net.pad_multiple, mean=net.mean, std=net.std)
+        logits = model(batch.to(device))
+        person = logits.float().softmax(dim=1)[:, 1]
+        for i, image in enumerate(chunk):
+            probs.append(unpad_and_resize(person[i], valid[i], image.size))
+    return probs
+
+
+class Trainer:
+    def __init__(
+        self, cfg: TrainConfig, run_dir: Path, device: torch.device, root: Path, split_dir: Path = SPLIT_DIR
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.device = device
+        torch.manual_seed(cfg.seed)
+        self.model = TiramisuNet(**model_kwargs(cfg)).to(device).to(memory_format=torch.channels_last)
+        params = self.model.parameters()
+        if cfg.optimizer == "rmsprop":
+            self.optimizer: torch.optim.Optimizer = torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            raise ValueError(f"optimizer must be 'rmsprop' or 'adamw', got {cfg.optimizer!r}")
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.lr_decay)
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+            if cfg.ema_decay > 0
+            else None
+        )
+        self.epoch = 0
+        self.best_iou = -1.0
+        self.samples_seen = 0
+        self.train_seconds = 0.0
+
+        train_sets: list[LoadedSet] = []
+        val_samples: list[Sample] = []
+        for source in cfg.sources:
+            splits = dataset_splits(root / source.path, Path(source.path).name, cfg.split_seed, split_dir)
+            train_sets.append(load_set(splits["train"], long_side=cfg.cache_long_side, name=source.path, weight=source.weight))
+            val_samples += splits["val"]
+        if cfg.val_limit:
+            val_samples = val_samples[: cfg.val_limit]
+        self.val = load_set(val_samples, long_side=cfg.cache_long_side, name="val")
+        self.sampler = EpochSampler(train_sets, cfg.seed)
+        self.backgrounds = load_backgrounds(
+            [p for folder in cfg.backgrounds for p in background_paths(root / folder)], cfg.cache_long_side
+        )
+        log.info("train images %s, val %d, backgrounds %d", [len(s.images) for s in train_sets], len(self.val.images), len(self.backgrounds))
+
+    # checkpoint -------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": dataclasses.asdict(self.cfg),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "best_iou": self.best_iou,
+            "samples_seen": self.samples_seen,
+            "train_seconds": self.train_seconds,
+            "rng": _rng_state(),
+        }
+
+    def load(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        if self.ema and checkpoint["ema"] is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.epoch = checkpoint["epoch"]
+        self.best_iou = checkpoint["best_iou"]
+        self.samples_seen = checkpoint["samples_seen"]
+        self.train_seconds = checkpoint["train_seconds"]
+        _set_rng_state(checkpoint["rng"])
+
+    def _atomic_save(self, obj: Any, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(obj, tmp)
+        tmp.replace(path)
+
+    # loop -------------------------------------------------------------------------------------
+    def train_epoch(self) -> float:
+        cfg = self.cfg
+        stream = TrainingStream(self.sampler, self.epoch, cfg.samples_per_epoch, cfg.augment, self.backgrounds)
+        loader = torch.utils.data.DataLoader(
+            stream, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+            drop_last=True, pin_memory=self.device.type == "cuda", persistent_workers=False,
+        )
+        use_amp = cfg.amp and self.device.type == "cuda"
+        self.model.train()
+        losses = []
+        for images, masks in loader:
+            images = images.to(self.device, non_blocking=True).to(memory_format=torch.channels_last)
+            masks = masks.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = self.model(images)
+            loss = F.cross_entropy(logits.float(), masks)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.ema:
+                self.ema.update_parameters(self.model)
+            losses.append(loss.item())
+            self.samples_seen += images.shape[0]
+        self.scheduler.step()
+        return float(np.mean(losses))
+
+    def validate(self) -> tuple[float, list[np.ndarray]]:
+        model = self.ema if self.ema else self.model
+        model.eval()
+        probs = predict_probabilities(model, self.val.images, self.device)
+        ious = [person_iou(p, m) for p, m in zip(probs, self.val.masks)]
+        return float(np.mean(ious)), probs
+
+    def run(self, max_minutes: float) -> None:
+        cfg = self.cfg
+        started = time.time()
+        metrics_path = self.run_dir / "metrics.jsonl"
+        while self.epoch < cfg.epochs:
+            epoch_start = time.time()
+            loss = self.train_epoch()
+            val_iou, probs = self.validate()
+            self.epoch += 1
+            elapsed = time.time() - epoch_start
+            self.train_seconds += elapsed
+            lr = self.optimizer.param_groups[0]["lr"]
+            row = {
+                "epoch": self.epoch, "samples_seen": self.samples_seen, "train_loss": round(loss, 5),
+                "val_iou": round(val_iou, 5), "lr": lr, "epoch_seconds": round(elapsed, 1),
+                "train_seconds_total": round(self.train_seconds, 1), "device": str(self.device),
+            }
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            n = cfg.grid_images
+            save_grid(self.run_dir / "grids" / f"epoch_{self.epoch:03d}.png", self.val.images[:n], self.val.masks[:n], probs[:n])
+            if val_iou > self.best_iou:
+                self.best_iou = val_iou
+                best_model = self.ema.module if self.ema else self.model
+                self._atomic_save(
+                    {"model_kwargs": model_kwargs(cfg), "state_dict": copy.deepcopy(best_model).float().cpu().state_dict(),
+                     "epoch": self.epoch, "val_iou": val_iou, "samples_seen": self.samples_seen},
+                    self.run_dir / "best.pt",
+                )
+            self._atomic_save(self.state(), self.run_dir / "last.pt")
+            log.info("epoch %d loss %.4f val IoU %.4f (best %.4f) %.0fs", self.epoch, loss, val_iou, self.best_iou, elapsed)
+            if (time.time() - started) / 60 + elapsed / 60 > max_minutes:
+                log.info("stopping after epoch %d: --max-minutes %.0f reached; resume with --resume", self.epoch, max_minutes)
+                break
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="cpu-fcdn56", help=f"named config: {sorted(NAMED_CONFIGS)}")
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
+    parser.add_argument("--epochs", type=int, help="total epochs to reach (overrides the config; extends a resumed run)")
+    parser.add_argument("--max-minutes", type=float, default=float("inf"), help="stop cleanly after the epoch that passes this")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--data-root", type=Path, default=None, help="default: $BGREMOVE_DATA or ../shared/data")
+    parser.add_argument("--split-dir", type=Path, default=SPLIT_DIR, help="where split lists are read or written")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="override a config field, e.g. --set samples_per_epoch=16 --set augment.patch_size=64")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    run_dir: Path = args.run_dir
+    checkpoint = None
+    if args.resume:
+        checkpoint = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+        cfg = config_from_dict(checkpoint["config"])
+    else:
+        if (run_dir / "last.pt").exists():
+            raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it or pick a new --run-dir")
+        cfg = copy.deepcopy(NAMED_CONFIGS[args.config])
+        for item in args.set:
+            key, _, value = item.partition("=")
+            target: Any = cfg
+            *parents, leaf = key.split(".")
+            for parent in parents:
+                target = getattr(target, parent)
+            if not hasattr(target, leaf):
+                raise SystemExit(f"--set {key}: no such config field")
+            parsed = json.loads(value)
+            if isinstance(parsed, list):
+                parsed = tuple(parsed) if isinstance(getattr(target, leaf), tuple) else parsed
+            object.__setattr__(target, leaf, parsed)
+        cfg = config_from_dict(dataclasses.asdict(cfg))  # turns JSON given to --set into the typed fields
+    if args.epochs:
+        cfg.epochs = args.epochs
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device)
+    trainer = Trainer(cfg, run_dir, device, args.data_root or data_root(), args.split_dir)
+    if checkpoint is not None:
+        trainer.load(checkpoint)
+        log.info("resumed %s at epoch %d (%d samples seen)", run_dir, trainer.epoch, trainer.samples_seen)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    with (run_dir / "sessions.jsonl").open("a") as f:
+        f.write(json.dumps({
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(), "start_epoch": trainer.epoch,
+            "device": str(device), "torch": torch.__version__, "host": platform.node(), "threads": torch.get_num_threads(),
+        }) + "\n")
+    trainer.run(args.max_minutes)
+
+
+if __name__ == "__main__":
+    main()
