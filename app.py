@@ -12,12 +12,12 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import gradio as gr  # noqa: E402
-from PIL import Image, ImageFilter  # noqa: E402
+import gradio as gr
+from PIL import Image, ImageFilter
 
-from bgremove_plugin import BackgroundRemover, InvalidImageError  # noqa: E402
+from bgremove_plugin import BackgroundRemover, InvalidImageError
 
-MAX_PIXELS = int(os.environ.get("BGREMOVE_MAX_PIXELS", 40_000_000))
+MAX_PIXELS = int(os.environ.get("BGREMOVE_MAX_PIXELS", "40000000"))
 EXAMPLES = [str(p) for p in sorted((Path(__file__).parent / "examples").glob("*.jpg"))]
 BACKGROUNDS = ["transparent", "colour", "blurred original", "image"]
 

@@ -22,15 +22,15 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = [
-    "remove_background",
     "BackgroundRemover",
-    "load_model",
-    "TiramisuNet",
     "BgRemoveError",
+    "DeviceUnavailableError",
     "InvalidImageError",
     "ModelLoadError",
-    "DeviceUnavailableError",
+    "TiramisuNet",
     "__version__",
+    "load_model",
+    "remove_background",
 ]
 
 _LAZY = {

@@ -11,17 +11,17 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageColor, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImageError
 from .hub import load_model, resolve_device
 from .model import TiramisuNet
-from .transforms import prepare_batch, to_rgb, unpad_and_resize
+from .transforms import oriented, prepare_batch, probability_to_mask, to_rgb
 
 if TYPE_CHECKING:
     from typing import TypeAlias
 
-__all__ = ["remove_background", "BackgroundRemover", "ImageInput", "load_image"]
+__all__ = ["BackgroundRemover", "ImageInput", "load_image", "remove_background"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def load_image(image: ImageInput) -> Image.Image:
         raise InvalidImageError(f"got {type(image).__name__}; expected {_ACCEPTED}")
     if pil.width == 0 or pil.height == 0:
         raise InvalidImageError(f"the image has zero size ({pil.width}x{pil.height})")
-    return ImageOps.exif_transpose(pil)
+    return oriented(pil)
 
 
 def _parse_colour(colour: str | tuple[int, int, int]) -> tuple[int, int, int]:
@@ -99,27 +99,28 @@ def _parse_colour(colour: str | tuple[int, int, int]) -> tuple[int, int, int]:
 
 def compose(
     image: Image.Image,
-    alpha: np.ndarray,
+    mask: Image.Image,
     *,
     background: BackgroundInput | None = None,
     return_mask: bool = False,
     threshold: float | None = None,
 ) -> Image.Image:
-    """Turn a float alpha map in [0, 1] into the requested output for an oriented PIL image."""
+    """Turn an oriented image and its 'L' person mask into the requested output."""
     if threshold is not None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
-        alpha = (alpha >= threshold).astype(np.float32)
+        cut = round(threshold * 255)
+        mask = mask.point(lambda value: 255 if value >= cut else 0)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Pixels that were already transparent stay transparent.
-        alpha = alpha * (np.asarray(image.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0)
-    mask = Image.fromarray((alpha * 255.0).round().astype(np.uint8))
+        mask = ImageChops.multiply(mask, image.convert("RGBA").getchannel("A"))
     if return_mask:
         return mask
     rgb = to_rgb(image)
     if background is None:
-        rgb.putalpha(mask)
-        return rgb
+        cutout = rgb.copy() if rgb is image else rgb  # never write alpha into the caller's image
+        cutout.putalpha(mask)
+        return cutout
     if isinstance(background, Image.Image):
         backdrop = ImageOps.fit(to_rgb(background), rgb.size, Image.Resampling.LANCZOS)
     else:
@@ -160,19 +161,22 @@ class BackgroundRemover:
         self.batch_size = batch_size
 
     @torch.inference_mode()
-    def predict_alpha(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
-        """Person probability (float32, [0, 1]) at each image's own oriented size."""
+    def predict_masks(self, images: Sequence[ImageInput]) -> list[Image.Image]:
+        """Person probability as 8-bit 'L' masks (255 = person) at each image's oriented size."""
         loaded = [load_image(image) for image in images]
         net = self.model
-        alphas: list[np.ndarray] = []
+        masks: list[Image.Image] = []
         for start in range(0, len(loaded), self.batch_size):
             chunk = loaded[start : start + self.batch_size]
             rgb = [to_rgb(image) for image in chunk]
             batch, valid = prepare_batch(rgb, long_side=net.input_size, multiple=net.pad_multiple, mean=net.mean, std=net.std)
             probabilities = net(batch.to(self.device)).float().softmax(dim=1)[:, 1]
-            for i, image in enumerate(chunk):
-                alphas.append(unpad_and_resize(probabilities[i], valid[i], image.size))
-        return alphas
+            masks.extend(probability_to_mask(probabilities[i], valid[i], image.size) for i, image in enumerate(chunk))
+        return masks
+
+    def predict_alpha(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+        """Person probability as float32 arrays in [0, 1] at each image's oriented size."""
+        return [np.asarray(mask, dtype=np.float32) / 255.0 for mask in self.predict_masks(images)]
 
     def remove(
         self,
@@ -195,10 +199,10 @@ class BackgroundRemover:
     ) -> list[Image.Image]:
         """Cut out a list of images, ``batch_size`` at a time; returns one output per input, in order."""
         loaded = [load_image(image) for image in images]
-        alphas = self.predict_alpha(loaded)
+        masks = self.predict_masks(loaded)
         return [
-            compose(image, alpha, background=background, return_mask=return_mask, threshold=threshold)
-            for image, alpha in zip(loaded, alphas)
+            compose(image, mask, background=background, return_mask=return_mask, threshold=threshold)
+            for image, mask in zip(loaded, masks)
         ]
 
     def __call__(self, image: ImageInput) -> Image.Image:
@@ -246,7 +250,9 @@ def remove_background(
         remover = BackgroundRemover(model, device=device)
     else:
         key = (str(model) if model is not None else "<default>", revision, str(resolve_device(device)))
-        remover = _default_removers.get(key)
-        if remover is None:
-            remover = _default_removers.setdefault(key, BackgroundRemover(model, revision=revision, device=device))
+        cached = _default_removers.get(key)
+        # load_model caches the network itself, so a race here only builds a second thin wrapper.
+        remover = cached if cached is not None else _default_removers.setdefault(
+            key, BackgroundRemover(model, revision=revision, device=device)
+        )
     return remover.remove(image, background=background, return_mask=return_mask, threshold=threshold)

@@ -12,10 +12,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
 from .errors import BgRemoveError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .api import BackgroundRemover
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG", "jpeg": "JPEG"}
@@ -139,6 +144,25 @@ def _save_atomically(image: object, target: Path, image_format: str) -> None:
         raise
 
 
+def _process(
+    remover: BackgroundRemover, ready: list[tuple[Job, Image.Image]], options: dict[str, object], err: TextIO
+) -> Iterator[tuple[Job, Image.Image | None]]:
+    """Cut out a batch in one forward pass; if that fails, retry one by one so one bad image costs only itself."""
+    if not ready:
+        return
+    try:
+        results = remover.remove_many([image for _, image in ready], **options)  # type: ignore[arg-type]
+        yield from zip((job for job, _ in ready), results)
+        return
+    except (BgRemoveError, ValueError, RuntimeError, MemoryError) as exc:
+        if len(ready) == 1:
+            err.write(f"bgremove: {ready[0][0].source}: {exc}\n")
+            yield ready[0][0], None
+            return
+    for job, image in ready:
+        yield from _process(remover, [(job, image)], options, err)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 all done, 1 some images failed, 2 bad usage)."""
     args = _parser().parse_args(argv)
@@ -158,9 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .api import BackgroundRemover, load_image
 
     background: object = None
-    if args.background:
-        background = load_image(args.background) if Path(args.background).is_file() else args.background
     try:
+        if args.background:
+            background = load_image(args.background) if Path(args.background).is_file() else args.background
         remover = BackgroundRemover(args.model, revision=args.revision, device=args.device, batch_size=args.batch_size)
     except (BgRemoveError, ValueError) as exc:
         err.write(f"bgremove: {exc}\n")
@@ -203,15 +227,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     err.write(f"bgremove: {job.source}: {exc}\n")
                     failed += 1
                     progress.step()
-        if ready:
-            results = remover.remove_many([image for _, image in ready], **options)  # type: ignore[arg-type]
-            for (job, _), result in zip(ready, results):
+        for job, cutout in _process(remover, ready, options, err):
+            if cutout is None:
+                failed += 1
+            else:
                 try:
-                    _save_atomically(result, job.target, image_format)
+                    _save_atomically(cutout, job.target, image_format)
                 except OSError as exc:
                     err.write(f"bgremove: {job.source}: cannot write {job.target}: {exc}\n")
                     failed += 1
-                progress.step()
+            progress.step()
     if failed:
         err.write(f"bgremove: {failed} of {len(jobs) + len(problems)} input(s) failed\n")
     return 1 if failed else 0

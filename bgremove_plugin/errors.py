@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BgRemoveError", "InvalidImageError", "ModelLoadError", "DeviceUnavailableError"]
+__all__ = ["BgRemoveError", "DeviceUnavailableError", "InvalidImageError", "ModelLoadError"]
 
 
 class BgRemoveError(Exception):

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from .model import TiramisuNet
 
-__all__ = ["load_model", "resolve_device", "DEFAULT_WEIGHTS_DIR", "OFFICIAL_REPO_ID", "OFFICIAL_REVISION"]
+__all__ = ["DEFAULT_WEIGHTS_DIR", "OFFICIAL_REPO_ID", "OFFICIAL_REVISION", "load_model", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,10 @@ def _download(repo_id: str, revision: str | None, *, local_files_only: bool, cac
                 f"{repo_id!r} is neither an existing local folder nor a valid Hub repo id ('org/name')"
             ) from exc
         except RepositoryNotFoundError as exc:
-            raise ModelLoadError(f"Hub repo {repo_id!r} does not exist or is private (pass token= for private repos)") from exc
+            at = f" at revision {revision!r}" if revision else ""
+            raise ModelLoadError(
+                f"Hub repo {repo_id!r}{at} was not found: check the id and revision; a private repo needs token="
+            ) from exc
         except RevisionNotFoundError as exc:
             raise ModelLoadError(f"Hub repo {repo_id!r} has no revision {revision!r}") from exc
         except LocalEntryNotFoundError as exc:

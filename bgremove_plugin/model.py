@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
-__all__ = ["TiramisuNet", "PRESETS"]
+__all__ = ["PRESETS", "TiramisuNet"]
 
 # Layer counts from Table 2 of the paper; the up path mirrors the down path.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -164,6 +164,16 @@ class TiramisuNet(
         if key not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[key], **overrides})
+
+    def generate_model_card(self, *args: Any, card_text: str | None = None, **kwargs: Any) -> ModelCard:
+        """The card ``save_pretrained``/``push_to_hub`` write as README.md.
+
+        ``card_text`` (pass it through ``model_card_kwargs``) is the project's full model card with
+        measured metrics; without it the mixin's generic card is used.
+        """
+        if card_text is not None:
+            return ModelCard(card_text)
+        return super().generate_model_card(*args, **kwargs)
 
     def _init_weights(self) -> None:
         # He-uniform, as in the paper's reference implementation.

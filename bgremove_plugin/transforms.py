@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
-if TYPE_CHECKING:
-    import torch
+__all__ = [
+    "normalize",
+    "oriented",
+    "pad_to_multiple",
+    "prepare_batch",
+    "probability_to_mask",
+    "to_rgb",
+    "unpad_and_resize",
+    "working_size",
+]
 
-__all__ = ["to_rgb", "working_size", "pad_to_multiple", "normalize", "prepare_batch", "unpad_and_resize"]
+_ORIENTATION = 0x0112
+
+
+def oriented(image: Image.Image) -> Image.Image:
+    """The image as displayed: EXIF orientation applied.
+
+    Returns ``image`` itself when it is already upright, so large photos are not copied for nothing.
+    """
+    if image.getexif().get(_ORIENTATION, 1) in (0, 1):
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -20,7 +38,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     Transparent pixels of RGBA/LA/P images keep their colour values: the network sees what is
     under the transparency, which for cut-outs is usually the original background.
     """
-    image = ImageOps.exif_transpose(image)
+    image = oriented(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # Scale high-bit-depth greyscale by its own range; PIL's convert("L") would clip at 255.
         values = np.asarray(image, dtype=np.float64)
@@ -30,6 +48,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def probability_to_mask(probability: torch.Tensor, valid: tuple[int, int], size: tuple[int, int]) -> Image.Image:
+    """Crop a (H, W) probability map to its valid region and upsample it to ``size`` as an 8-bit 'L' mask.
+
+    Quantising before the bilinear upsampling keeps memory at one byte per output pixel, which is what
+    bounds peak memory on tens-of-megapixel photos; the error is under 1/255.
+    """
+    width, height = valid
+    cropped = probability[:height, :width].float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    small = Image.fromarray(cropped.cpu().numpy())
+    return small if small.size == size else small.resize(size, Image.Resampling.BILINEAR)
 
 
 def working_size(width: int, height: int, long_side: int, multiple: int) -> tuple[int, int]:
@@ -73,8 +103,6 @@ def prepare_batch(
     Padding is zero after normalisation (the mean colour), the same value training uses outside a
     crop. Returns the batch and each image's valid (width, height) inside it.
     """
-    import torch
-
     arrays = []
     valid = []
     for image in images:

@@ -101,3 +101,11 @@ def test_module_entry_point_runs(tiny_weights: Path, tmp_path: Path) -> None:
         check=True,
     )
     assert Image.open(out).mode == "RGBA"
+
+
+def test_unreadable_background_image_is_a_usage_error(tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "backdrop.png"
+    bad.write_bytes(b"nope")
+    status = main([str(PORTRAIT), "-o", str(tmp_path / "o.png"), "--background", str(bad), "--model", str(tiny_weights)])
+    assert status == 2 and "backdrop.png" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()

@@ -11,12 +11,12 @@ from PIL import Image
 
 pytest.importorskip("pycocotools", reason="training tests need the [train] extra (pycocotools)")
 
-from bgremove_plugin import load_model  # noqa: E402
-from train.data import AugmentConfig, augment  # noqa: E402
-from train.export import export  # noqa: E402
-from train.metrics import person_iou  # noqa: E402
-from train.sources import Sample, coco_person_images, export_coco_folder, folder_samples, split_samples  # noqa: E402
-from train.train import SourceConfig, TrainConfig, Trainer, main  # noqa: E402
+from bgremove_plugin import load_model
+from train.data import AugmentConfig, augment
+from train.export import export
+from train.metrics import person_iou
+from train.sources import Sample, coco_person_images, export_coco_folder, folder_samples, split_samples
+from train.train import SourceConfig, TrainConfig, Trainer, main
 
 COCO_JSON = "coco128/annotations/instances_train2017_coco128.json"
 
@@ -70,7 +70,7 @@ def test_split_is_70_20_10_disjoint_and_seeded() -> None:
     samples = [Sample(f"{i:04d}", Path(f"{i}.jpg"), Path(f"{i}.png")) for i in range(1003)]
     splits = split_samples(samples, seed=0)
     assert [len(splits[k]) for k in ("train", "val", "test")] == [702, 201, 100]
-    stems = [set(s.stem for s in splits[k]) for k in ("train", "val", "test")]
+    stems = [{s.stem for s in splits[k]} for k in ("train", "val", "test")]
     assert not (stems[0] & stems[1]) and not (stems[0] & stems[2]) and not (stems[1] & stems[2])
     assert split_samples(list(reversed(samples)), seed=0) == splits
     assert split_samples(samples, seed=1)["test"] != splits["test"]
@@ -81,7 +81,7 @@ def test_committed_ccp_split_lists_cover_the_data(data_root: Path) -> None:
 
     lists = {k: (SPLIT_DIR / f"ccp_{k}.txt").read_text().split() for k in ("train", "val", "test")}
     assert [len(v) for v in lists.values()] == [702, 201, 100]
-    assert sorted(sum(lists.values(), [])) == sorted(s.stem for s in folder_samples(data_root / "ccp"))
+    assert sorted(stem for stems in lists.values() for stem in stems) == sorted(s.stem for s in folder_samples(data_root / "ccp"))
 
 
 # --- augmentation -------------------------------------------------------------------------------

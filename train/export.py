@@ -9,15 +9,46 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from bgremove_plugin.model import TiramisuNet
 
 
-def export(run_dir: Path, out: Path, *, fp16: bool = False, checkpoint: str = "best.pt") -> dict[str, object]:
-    """Write the weights folder and return the checkpoint's metadata (epoch, val IoU, samples seen)."""
-    saved = torch.load(run_dir / checkpoint, map_location="cpu", weights_only=True)
+def _weights_from_training_state(path: Path, which: str) -> dict[str, Any]:
+    """Model or EMA weights from a resumable ``last.pt``, in the layout ``best.pt`` uses."""
+    from .train import config_from_dict, model_kwargs
+
+    # Our own resumable checkpoint: it holds RNG states, which need the full unpickler.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if which == "ema":
+        if state["ema"] is None:
+            raise SystemExit(f"{path} was trained without EMA; use --weights model")
+        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    else:
+        weights = state["model"]
+    return {
+        "model_kwargs": model_kwargs(config_from_dict(state["config"])),
+        "state_dict": weights,
+        "epoch": state["epoch"],
+        "val_iou": None,
+        "samples_seen": state["samples_seen"],
+    }
+
+
+def export(
+    run_dir: Path, out: Path, *, fp16: bool = False, checkpoint: str = "best.pt", weights: str = "ema"
+) -> dict[str, object]:
+    """Write the weights folder and return the checkpoint's metadata (epoch, val IoU, samples seen).
+
+    ``best.pt`` holds the weights that scored best on validation; ``last.pt`` holds the latest
+    training state, from which ``weights`` picks the raw model or its EMA.
+    """
+    if checkpoint == "last.pt":
+        saved = _weights_from_training_state(run_dir / checkpoint, weights)
+    else:
+        saved = torch.load(run_dir / checkpoint, map_location="cpu", weights_only=True)
     model = TiramisuNet(**saved["model_kwargs"])
     model.load_state_dict(saved["state_dict"], strict=True)
     if fp16:
@@ -27,6 +58,7 @@ def export(run_dir: Path, out: Path, *, fp16: bool = False, checkpoint: str = "b
     model.save_pretrained(out)
     info = {key: saved[key] for key in ("epoch", "val_iou", "samples_seen")}
     info["run"] = run_dir.name
+    info["checkpoint"] = checkpoint if checkpoint != "last.pt" else f"last.pt ({weights})"
     info["dtype"] = "float16" if fp16 else "float32"
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     # The mixin writes a generic README.md; the real card is model_card.md at the repo root.
@@ -39,9 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--fp16", action="store_true", help="store weights as float16")
-    parser.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or another file in the run folder")
+    parser.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
+    parser.add_argument("--weights", default="ema", choices=["ema", "model"], help="with last.pt: EMA or raw weights")
     args = parser.parse_args(argv)
-    print(json.dumps(export(args.run_dir, args.out, fp16=args.fp16, checkpoint=args.checkpoint)))
+    info = export(args.run_dir, args.out, fp16=args.fp16, checkpoint=args.checkpoint, weights=args.weights)
+    print(json.dumps(info))
 
 
 if __name__ == "__main__":

