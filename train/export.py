@@ -37,8 +37,26 @@ def _weights_from_training_state(path: Path, which: str) -> dict[str, Any]:
     }
 
 
+def _calibrate(model: TiramisuNet, data_root: Path) -> dict[str, float]:
+    from .calibrate import best_threshold, shift_person_logit
+    from .data import load_set
+    from .train import SPLIT_DIR, dataset_splits, predict_probabilities
+
+    val = load_set(dataset_splits(data_root / "ccp", "ccp", 0, SPLIT_DIR)["val"])
+    probabilities = predict_probabilities(model.eval(), val.images, torch.device("cpu"))
+    threshold, iou, iou_at_half = best_threshold(probabilities, val.masks)
+    shift_person_logit(model, threshold)
+    return {"threshold": threshold, "val_iou_at_threshold": round(iou, 4), "val_iou_at_0.5": round(iou_at_half, 4)}
+
+
 def export(
-    run_dir: Path, out: Path, *, fp16: bool = False, checkpoint: str = "best.pt", weights: str = "ema"
+    run_dir: Path,
+    out: Path,
+    *,
+    fp16: bool = False,
+    checkpoint: str = "best.pt",
+    weights: str = "ema",
+    calibrate_on: Path | None = None,
 ) -> dict[str, object]:
     """Write the weights folder and return the checkpoint's metadata (epoch, val IoU, samples seen).
 
@@ -51,6 +69,7 @@ def export(
         saved = torch.load(run_dir / checkpoint, map_location="cpu", weights_only=True)
     model = TiramisuNet(**saved["model_kwargs"])
     model.load_state_dict(saved["state_dict"], strict=True)
+    calibration = _calibrate(model, calibrate_on) if calibrate_on else None
     if fp16:
         # Halves the wheel; load_state_dict casts back to float32 when the package loads it.
         model = model.half()
@@ -58,6 +77,8 @@ def export(
     model.save_pretrained(out)
     info = {key: saved[key] for key in ("epoch", "val_iou", "samples_seen")}
     info["run"] = run_dir.name
+    if calibration:
+        info["calibration"] = calibration
     info["checkpoint"] = checkpoint if checkpoint != "last.pt" else f"last.pt ({weights})"
     info["dtype"] = "float16" if fp16 else "float32"
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -73,8 +94,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fp16", action="store_true", help="store weights as float16")
     parser.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
     parser.add_argument("--weights", default="ema", choices=["ema", "model"], help="with last.pt: EMA or raw weights")
+    parser.add_argument("--calibrate", action="store_true", help="fit the decision threshold on the CCP validation split")
+    parser.add_argument("--data-root", type=Path, default=None)
     args = parser.parse_args(argv)
-    info = export(args.run_dir, args.out, fp16=args.fp16, checkpoint=args.checkpoint, weights=args.weights)
+    from .sources import data_root
+
+    calibrate_on = (args.data_root or data_root()) if args.calibrate else None
+    info = export(args.run_dir, args.out, fp16=args.fp16, checkpoint=args.checkpoint, weights=args.weights, calibrate_on=calibrate_on)
     print(json.dumps(info))
 
 
