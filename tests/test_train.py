@@ -176,6 +176,9 @@ def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None
         main([*common, "--epochs", "1"])
     main([*common, "--resume", "--epochs", "2"])
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    main([*common, "--resume", "--epochs", "3", "--set", "lr=0.01", "--set", "lr_decay=0.5"])
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["epoch"] == 3 and last["lr"] == pytest.approx(0.005), "a warm restart on resume sets lr, then decays it"
 
     info = export(run_dir, tmp_path / "exported", fp16=True)
     assert info["epoch"] in (1, 2)

@@ -445,6 +445,11 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(cfg, run_dir, device, args.data_root or data_root(), args.split_dir)
     if checkpoint is not None:
         trainer.load(checkpoint)
+        if any(item.partition("=")[0] == "lr" for item in args.set):
+            # A warm restart: the saved optimiser state carries the decayed rate, so set it explicitly.
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = cfg.lr
+            trainer.scheduler.base_lrs = [cfg.lr] * len(trainer.optimizer.param_groups)
         log.info("resumed %s at epoch %d (%d samples seen)", run_dir, trainer.epoch, trainer.samples_seen)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     with (run_dir / "sessions.jsonl").open("a") as f:
