@@ -160,10 +160,12 @@ class BackgroundRemover:
             self.model = load_model(model, revision=revision, device=self.device)
         self.batch_size = batch_size
 
-    @torch.inference_mode()
     def predict_masks(self, images: Sequence[ImageInput]) -> list[Image.Image]:
         """Person probability as 8-bit 'L' masks (255 = person) at each image's oriented size."""
-        loaded = [load_image(image) for image in images]
+        return self._masks_of([load_image(image) for image in images])
+
+    @torch.inference_mode()
+    def _masks_of(self, loaded: Sequence[Image.Image]) -> list[Image.Image]:
         net = self.model
         masks: list[Image.Image] = []
         for start in range(0, len(loaded), self.batch_size):
@@ -199,7 +201,7 @@ class BackgroundRemover:
     ) -> list[Image.Image]:
         """Cut out a list of images, ``batch_size`` at a time; returns one output per input, in order."""
         loaded = [load_image(image) for image in images]
-        masks = self.predict_masks(loaded)
+        masks = self._masks_of(loaded)
         return [
             compose(image, mask, background=background, return_mask=return_mask, threshold=threshold)
             for image, mask in zip(loaded, masks)
