@@ -1,50 +1,71 @@
 """Gradio demo: upload a photo of people, get a cut-out with a transparent (or new) background.
 
-Run locally with ``python app.py`` (host/port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT); the same file
-runs as a Hugging Face Space.
+Run locally with ``python app.py`` (host and port from ``--server-name``/``--server-port`` or Gradio's
+GRADIO_SERVER_NAME / GRADIO_SERVER_PORT); the same file runs as a Hugging Face Space.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from pathlib import Path
 
+# Set before gradio is imported: it reads the variable once. The demo never phones home.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
-from PIL import Image, ImageFilter
+from PIL import Image, ImageColor, ImageFilter, ImageOps
 
 from bgremove_plugin import BackgroundRemover, InvalidImageError
 
 MAX_PIXELS = int(os.environ.get("BGREMOVE_MAX_PIXELS", "40000000"))
+MAX_FILE_SIZE = os.environ.get("BGREMOVE_MAX_FILE_SIZE", "30mb")
 EXAMPLES = [str(p) for p in sorted((Path(__file__).parent / "examples").glob("*.jpg"))]
 BACKGROUNDS = ["transparent", "colour", "blurred original", "image"]
 
+# Loaded once at start-up and shared by every request; inference holds no per-request state.
 remover = BackgroundRemover(device=os.environ.get("BGREMOVE_DEVICE", "auto"))
 
 
+def _backdrop_for(
+    cutout: Image.Image, background: str, colour: str | None, backdrop: Image.Image | None
+) -> Image.Image | None:
+    """The opaque image to put behind the cut-out, or None to keep it transparent."""
+    if background == "colour":
+        try:
+            rgb = ImageColor.getrgb(colour or "#ffffff")[:3]
+        except ValueError as exc:
+            raise gr.Error(f"Could not read the colour {colour!r}; pick one with the colour picker.") from exc
+        return Image.new("RGBA", cutout.size, rgb)
+    if background == "blurred original":
+        # Dropping alpha gives back the original pixels: the cut-out keeps them under a transparent alpha.
+        return cutout.convert("RGB").filter(ImageFilter.GaussianBlur(max(cutout.size) / 60)).convert("RGBA")
+    if background == "image":
+        if backdrop is None:
+            raise gr.Error("Choose a background image, or pick another background option.")
+        return ImageOps.fit(ImageOps.exif_transpose(backdrop).convert("RGBA"), cutout.size, Image.Resampling.LANCZOS)
+    return None
+
+
 def cut_out(
-    photo: Image.Image | None, background: str, colour: str, backdrop: Image.Image | None
+    photo: Image.Image | None, background: str, colour: str | None, backdrop: Image.Image | None
 ) -> tuple[Image.Image, Image.Image, str]:
+    """Run one request: returns the result, the mask and the path of the PNG to download."""
     if photo is None:
-        raise gr.Error("Upload a photo first.")
+        raise gr.Error("Upload a photo first (or click one of the examples).")
     if photo.width * photo.height > MAX_PIXELS:
-        raise gr.Error(f"That photo has {photo.width * photo.height / 1e6:.0f} megapixels; the limit here is {MAX_PIXELS / 1e6:.0f}.")
+        raise gr.Error(
+            f"That photo has {photo.width * photo.height / 1e6:.0f} megapixels; this demo accepts up to "
+            f"{MAX_PIXELS / 1e6:.0f}. Please resize it and try again."
+        )
     try:
-        mask = remover.remove(photo, return_mask=True)
+        cutout = remover.remove(photo)
     except InvalidImageError as exc:
         raise gr.Error(str(exc)) from exc
-    rgb = photo.convert("RGB")
-    if background == "colour":
-        result = Image.composite(rgb, Image.new("RGB", rgb.size, colour or "#ffffff"), mask)
-    elif background == "blurred original":
-        result = Image.composite(rgb, rgb.filter(ImageFilter.GaussianBlur(max(rgb.size) / 60)), mask)
-    elif background == "image" and backdrop is not None:
-        result = remover.remove(photo, background=backdrop)
-    else:
-        result = rgb.copy()
-        result.putalpha(mask)
+    mask = cutout.getchannel("A")
+    behind = _backdrop_for(cutout, background, colour, backdrop)
+    result = cutout if behind is None else Image.alpha_composite(behind, cutout).convert("RGB")
     handle, path = tempfile.mkstemp(prefix="cutout-", suffix=".png")
     os.close(handle)
     result.save(path)
@@ -52,22 +73,38 @@ def cut_out(
 
 
 with gr.Blocks(title="bgremove: remove the background from photos of people") as demo:
-    gr.Markdown("# bgremove\nUpload a photo of people. The background is removed on this server; nothing is kept.")
+    gr.Markdown(
+        "# bgremove\nRemove the background from photos of people with a Tiramisu (FC-DenseNet) network. "
+        "Photos are processed on this server and not kept."
+    )
     with gr.Row():
         with gr.Column():
-            photo = gr.Image(type="pil", label="Photo", image_mode=None)
+            photo = gr.Image(type="pil", label="Photo", image_mode=None, elem_id="photo")
             background = gr.Radio(BACKGROUNDS, value="transparent", label="Background")
-            colour = gr.ColorPicker(value="#ffffff", label="Background colour")
+            colour = gr.ColorPicker(value="#ffffff", label="Background colour (for 'colour')")
             backdrop = gr.Image(type="pil", label="Background image (for 'image')")
-            submit = gr.Button("Remove background", variant="primary")
+            submit = gr.Button("Remove background", variant="primary", elem_id="submit")
         with gr.Column():
-            result = gr.Image(type="pil", label="Result", format="png", image_mode="RGBA")
-            mask = gr.Image(type="pil", label="Mask", format="png")
-            download = gr.File(label="Download PNG")
+            result = gr.Image(type="pil", label="Result", format="png", image_mode=None, elem_id="result")
+            mask = gr.Image(type="pil", label="Mask", format="png", image_mode="L", elem_id="mask")
+            download = gr.File(label="Download PNG", elem_id="download")
     if EXAMPLES:
         gr.Examples(EXAMPLES, inputs=[photo])
-    submit.click(cut_out, inputs=[photo, background, colour, backdrop], outputs=[result, mask, download], api_name="remove")
+    submit.click(
+        cut_out, inputs=[photo, background, colour, backdrop], outputs=[result, mask, download], api_name="remove"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="bgremove web demo")
+    parser.add_argument("--server-name", default=None, help="host to bind (default: GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--server-port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
+    args = parser.parse_args()
+    # Two requests run at once; the rest wait in Gradio's queue instead of oversubscribing the CPU.
+    demo.queue(default_concurrency_limit=2, max_size=32).launch(
+        server_name=args.server_name, server_port=args.server_port, max_file_size=MAX_FILE_SIZE
+    )
 
 
 if __name__ == "__main__":
-    demo.queue(default_concurrency_limit=2).launch()
+    main()

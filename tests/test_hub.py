@@ -20,7 +20,7 @@ import pytest
 from bgremove_plugin import ModelLoadError, remove_background
 from bgremove_plugin.hub import DEFAULT_WEIGHTS_DIR, OFFICIAL_REPO_ID, OFFICIAL_REVISION, load_model
 
-from .conftest import PORTRAIT
+from .conftest import PORTRAIT, free_port
 
 REPO_ID = "bgremove-test/tiramisu-person"
 
@@ -44,12 +44,6 @@ LOADER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@invalid", *args], cwd=cwd, check=True, capture_output=True)
 
@@ -68,7 +62,7 @@ def hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     _git("add", ".", cwd=repo)
     _git("commit", "-qm", "weights", cwd=repo)
     _git("tag", "v1", cwd=repo)
-    port = _free_port()
+    port = free_port()
     (root / "olah.toml").write_text(
         textwrap.dedent(
             f"""

@@ -1,0 +1,186 @@
+"""The Gradio demo (app.py): Space metadata, the HTTP API through gradio_client, and a real browser session."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from importlib.metadata import requires
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bgremove_plugin.hub import OFFICIAL_REPO_ID
+
+from .conftest import PORTRAIT, REPO, free_port
+
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+# Small enough that a photo built in the test trips it, large enough for the 512x512 example.
+DEMO_MAX_PIXELS = 1_000_000
+
+
+def _requirement_name(line: str) -> str:
+    return re.split(r"[<>=!~ \[;]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_space_card_front_matter_is_valid() -> None:
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    gradio = pytest.importorskip("gradio", reason="the demo extra (gradio) is part of the test extra")
+    card = huggingface_hub.SpaceCard.load(REPO / "README.md")
+    data = card.data
+    assert data.sdk == "gradio"
+    assert data.app_file == "app.py" and (REPO / data.app_file).is_file()
+    assert OFFICIAL_REPO_ID in data.models
+    assert data.license == "apache-2.0"
+    # The Space must run the Gradio major version the demo is tested with here.
+    assert str(data.sdk_version).split(".")[0] == gradio.__version__.split(".")[0]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", str(data.sdk_version))
+    # The body below the front matter is the README people read, not an empty card.
+    assert card.text.lstrip().startswith("# bgremove")
+
+
+def test_space_requirements_cover_the_package_dependencies() -> None:
+    declared = [dep for dep in requires("bgremove_plugin") or [] if "extra ==" not in dep]
+    assert declared, "bgremove_plugin's metadata lists no dependencies: is the package installed?"
+    lines = [
+        line
+        for line in (REPO / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    listed = {_requirement_name(line) for line in lines}
+    assert {_requirement_name(dep) for dep in declared} <= listed
+    # The CPU wheel the project standardises on, never an unpinned torch that may pull a CUDA build.
+    assert "torch==2.13.0" in lines
+
+
+@pytest.fixture(scope="module")
+def demo_url() -> Iterator[str]:
+    pytest.importorskip("gradio", reason="the demo extra (gradio) is part of the test extra")
+    port = free_port()
+    env = {**os.environ, "BGREMOVE_MAX_PIXELS": str(DEMO_MAX_PIXELS), "BGREMOVE_DEVICE": "cpu"}
+    env.pop("GRADIO_ANALYTICS_ENABLED", None)  # app.py must switch analytics off by itself
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = (ARTIFACTS / "demo-server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "app.py", "--server-name", "127.0.0.1", "--server-port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"app.py exited with {server.returncode}; see {ARTIFACTS / 'demo-server.log'}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("app.py did not answer within 180 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(demo_url: str) -> Any:
+    gradio_client = pytest.importorskip("gradio_client")
+    return gradio_client.Client(demo_url, verbose=False)
+
+
+def _call(client: Any, photo: Path, background: str = "transparent", colour: str = "#ffffff") -> Any:
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(photo)), background, colour, None, api_name="/remove")
+
+
+def test_client_gets_an_rgba_cutout_of_the_input_size(client: Any) -> None:
+    result_path, mask_path, download_path = _call(client, PORTRAIT)
+    with Image.open(PORTRAIT) as photo:
+        size = photo.size
+    with Image.open(download_path) as downloaded:
+        assert downloaded.mode == "RGBA" and downloaded.size == size
+        alpha = np.asarray(downloaded.getchannel("A"))
+    with Image.open(mask_path) as mask:
+        assert mask.size == size
+        np.testing.assert_array_equal(np.asarray(mask.convert("L")), alpha)
+    with Image.open(result_path) as shown:
+        assert shown.size == size and shown.mode == "RGBA"
+    # A portrait: both kept and removed pixels, with the person filling a good part of the frame.
+    assert alpha.min() < 16 and alpha.max() > 240
+    assert 0.15 < (alpha > 127).mean() < 0.9
+
+
+def test_client_puts_the_person_on_a_colour(client: Any) -> None:
+    _, mask_path, download_path = _call(client, PORTRAIT, background="colour", colour="#00ff00")
+    with Image.open(download_path) as downloaded, Image.open(mask_path) as mask:
+        assert downloaded.mode == "RGB"
+        pixels = np.asarray(downloaded).astype(int)
+        alpha = np.asarray(mask.convert("L"))
+    background = pixels[alpha == 0]
+    assert len(background) > 0
+    assert np.abs(background - [0, 255, 0]).max() <= 2
+
+
+def test_client_is_told_when_a_photo_is_too_large(client: Any, tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    Image.new("RGB", (1500, 1000), "gray").save(big)
+    with pytest.raises(Exception, match="megapixels"):
+        _call(client, big)
+
+
+def test_browser_upload_submit_and_download(demo_url: str, tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (test extra)")
+    if not CHROMIUM.exists():
+        pytest.skip(f"the browser test needs Debian's Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)")
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+            page.goto(demo_url)
+            page.locator("#photo input[type=file]").set_input_files(str(PORTRAIT))
+            page.locator("#photo img").first.wait_for(timeout=30_000)
+            page.locator("#submit").click()
+            link = page.locator("#download a").first
+            link.wait_for(timeout=120_000)
+            page.locator("#result img").first.wait_for(timeout=30_000)
+            with page.expect_download(timeout=30_000) as download_info:
+                link.click()
+            saved = tmp_path / "downloaded.png"
+            download_info.value.save_as(saved)
+            page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
+        finally:
+            browser.close()
+    with Image.open(PORTRAIT) as photo, Image.open(saved) as downloaded:
+        assert downloaded.mode == "RGBA" and downloaded.size == photo.size
+        alpha = np.asarray(downloaded.getchannel("A"))
+    assert alpha.min() < 16 and alpha.max() > 240
+    assert 0.15 < (alpha > 127).mean() < 0.9
