@@ -13,7 +13,7 @@ from PIL import Image
 pytest.importorskip("pycocotools", reason="training tests need the [train] extra (pycocotools)")
 
 from bgremove_plugin import load_model
-from train.data import AugmentConfig, augment
+from train.data import IGNORE_LABEL, AugmentConfig, augment
 from train.export import export
 from train.metrics import person_iou
 from train.sources import Sample, coco_person_images, export_coco_folder, folder_samples, split_samples
@@ -103,6 +103,20 @@ def test_augmentation_keeps_image_and_mask_aligned(tmp_path: Path, seed: int) ->
     assert agreement > 0.95
 
 
+def test_soft_masks_leave_the_uncertain_band_out_of_the_loss() -> None:
+    height, width = 64, 64
+    ramp = np.tile(np.linspace(0, 255, width).round().astype(np.uint8), (height, 1))  # a teacher unsure mid-image
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    cfg = AugmentConfig(patch_size=64, input_size=64, portrait_prob=0.0, scale_jitter=(1.0, 1.0), flip_prob=0.0)
+    _, hard = augment(image, ramp, cfg, np.random.default_rng(0))
+    _, banded = augment(image, ramp, cfg, np.random.default_rng(0), ignore_band=0.2)
+    assert set(np.unique(hard)) <= {0, 1}
+    assert set(np.unique(banded)) == {0, 1, IGNORE_LABEL}
+    kept = banded != IGNORE_LABEL
+    np.testing.assert_array_equal(banded[kept], hard[kept])  # the band only removes pixels, never flips them
+    assert 0.02 < (~kept).mean() < 0.9
+
+
 def test_portrait_crops_enlarge_the_person() -> None:
     height, width = 300, 200
     person = np.zeros((height, width), dtype=np.uint8)
@@ -157,6 +171,30 @@ def test_resumed_run_continues_exactly(tmp_path: Path) -> None:
     assert {"train_loss", "val_iou", "lr", "epoch_seconds"} <= rows[0].keys()
     assert (tmp_path / "resumed" / "grids" / "epoch_002.png").exists()
     assert (tmp_path / "resumed" / "best.pt").exists()
+
+
+def test_pseudo_labelled_source_trains_but_stays_out_of_validation(tmp_path: Path) -> None:
+    human = make_folder_source(tmp_path)
+    photos = tmp_path / "people" / "images"
+    photos.mkdir(parents=True)
+    pseudo = tmp_path / "pseudo_labels" / "people" / "masks"
+    pseudo.mkdir(parents=True)
+    for mask in (human / "masks").glob("*.png"):
+        (photos / f"p{mask.stem}.jpg").write_bytes((human / "images" / f"{mask.stem}.jpg").read_bytes())
+        (pseudo / f"p{mask.stem}.png").write_bytes(mask.read_bytes())
+    cfg = tiny_config(epochs=1, sources=[
+        SourceConfig("synthetic"),
+        SourceConfig("people", masks=str(pseudo.parent), validate=False, ignore_band=0.2, weight=2.0),
+    ])
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(cfg, tmp_path / "run", torch.device("cpu"), tmp_path, split_dir=tmp_path / "splits")
+    assert [len(s.images) for s in trainer.sampler.sets] == [7, 7]
+    assert [s.ignore_band for s in trainer.sampler.sets] == [0.0, 0.2]
+    assert trainer.sampler.set_probs[1] == pytest.approx(2 / 3)
+    assert len(trainer.val.images) == 2  # only the human-labelled val split
+    trainer.run(max_minutes=60)
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(row["train_loss"])
 
 
 def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None:

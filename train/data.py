@@ -20,6 +20,9 @@ from bgremove_plugin.transforms import normalize
 
 from .sources import Sample
 
+IGNORE_LABEL = 255
+"""Target value that cross-entropy skips (``ignore_index``)."""
+
 log = logging.getLogger(__name__)
 
 
@@ -53,6 +56,7 @@ class LoadedSet:
     masks: list[np.ndarray]
     weight: float = 1.0
     name: str = ""
+    ignore_band: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -69,10 +73,12 @@ def _load_pair(sample: Sample, long_side: int | None) -> tuple[np.ndarray, np.nd
     return np.asarray(image), np.asarray(mask)
 
 
-def load_set(samples: Sequence[Sample], *, long_side: int | None = 320, name: str = "", weight: float = 1.0) -> LoadedSet:
+def load_set(
+    samples: Sequence[Sample], *, long_side: int | None = 320, name: str = "", weight: float = 1.0, ignore_band: float = 0.0
+) -> LoadedSet:
     with ThreadPoolExecutor(max_workers=2) as pool:
         pairs = list(pool.map(lambda s: _load_pair(s, long_side), samples))
-    return LoadedSet([s.stem for s in samples], [p[0] for p in pairs], [p[1] for p in pairs], weight, name)
+    return LoadedSet([s.stem for s in samples], [p[0] for p in pairs], [p[1] for p in pairs], weight, name, ignore_band)
 
 
 def load_backgrounds(paths: Sequence[Path], long_side: int = 320) -> list[np.ndarray]:
@@ -154,8 +160,10 @@ def augment(
     cfg: AugmentConfig,
     rng: np.random.Generator,
     backgrounds: Sequence[np.ndarray] = (),
+    ignore_band: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One random training crop: uint8 (P, P, 3) image and uint8 (P, P) mask in {0, 1}."""
+    """One random training crop: uint8 (P, P, 3) image and uint8 (P, P) mask in {0, 1}, plus
+    ``IGNORE_LABEL`` where a soft mask lies within 0.5 +/- ``ignore_band`` (the teacher was unsure)."""
     if backgrounds and rng.random() < cfg.composite_prob:
         image = _composite(image, mask, backgrounds[int(rng.integers(len(backgrounds)))], rng)
     box = _crop_box(mask, cfg, rng)
@@ -165,7 +173,10 @@ def augment(
     )
     crop_mask = Image.fromarray(mask).transform(size, Image.Transform.EXTENT, box, Image.Resampling.BILINEAR, fillcolor=0)
     image_out = np.asarray(crop)
-    mask_out = (np.asarray(crop_mask) > 127).astype(np.uint8)
+    soft = np.asarray(crop_mask)
+    mask_out = (soft > 127).astype(np.uint8)
+    if ignore_band > 0:
+        mask_out[np.abs(soft / 255.0 - 0.5) < ignore_band] = IGNORE_LABEL
     if rng.random() < cfg.flip_prob:
         image_out = image_out[:, ::-1]
         mask_out = mask_out[:, ::-1]
@@ -212,5 +223,5 @@ class TrainingStream(torch.utils.data.Dataset):
         set_id, index = self.draws[i]
         rng = np.random.default_rng((self.seed, self.epoch, i))
         chosen = self.sets[set_id]
-        image, mask = augment(chosen.images[index], chosen.masks[index], self.cfg, rng, self.backgrounds)
+        image, mask = augment(chosen.images[index], chosen.masks[index], self.cfg, rng, self.backgrounds, chosen.ignore_band)
         return torch.from_numpy(normalize(image, self.cfg.mean, self.cfg.std)), torch.from_numpy(mask.astype(np.int64))

@@ -36,10 +36,13 @@ def data_root() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def folder_samples(folder: Path) -> list[Sample]:
-    """Pairs ``images/<stem>.jpg`` with ``masks/<stem>.png``; images without a mask are skipped."""
+def folder_samples(folder: Path, masks_dir: Path | None = None) -> list[Sample]:
+    """Pairs ``images/<stem>.jpg`` with ``masks/<stem>.png``; images without a mask are skipped.
+
+    ``masks_dir`` takes the masks from elsewhere (pseudo-labels kept apart from the photos).
+    """
     images = {p.stem: p for p in sorted((folder / "images").iterdir()) if p.suffix.lower() in {".jpg", ".jpeg", ".png"}}
-    masks = {p.stem: p for p in sorted((folder / "masks").glob("*.png"))}
+    masks = {p.stem: p for p in sorted((masks_dir or folder / "masks").glob("*.png"))}
     stems = sorted(images.keys() & masks.keys())
     if not stems:
         raise FileNotFoundError(f"no images/ + masks/ pairs found in {folder}")

@@ -30,7 +30,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from bgremove_plugin.model import PRESETS, TiramisuNet
 from bgremove_plugin.transforms import prepare_batch, unpad_and_resize
 
-from .data import AugmentConfig, EpochSampler, LoadedSet, TrainingStream, load_backgrounds, load_set
+from .data import IGNORE_LABEL, AugmentConfig, EpochSampler, LoadedSet, TrainingStream, load_backgrounds, load_set
 from .metrics import person_iou
 from .sources import Sample, data_root, folder_samples, read_split_list, split_samples, write_split_lists
 
@@ -45,6 +45,13 @@ class SourceConfig:
     """images/ + masks/ folder, relative to the data root."""
     weight: float = 1.0
     """Sampling weight per image relative to other sources."""
+    masks: str | None = None
+    """A pseudo-label set for these images (its masks/ and provenance.json), relative to the repository;
+    None: the source's own masks/."""
+    validate: bool = True
+    """Whether its val split joins validation; off for pseudo-labels, which are not ground truth."""
+    ignore_band: float = 0.0
+    """Mask values within 0.5 +/- this (soft teacher probabilities) are left out of the loss."""
 
 
 @dataclass
@@ -135,9 +142,11 @@ def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
 # --- data ---------------------------------------------------------------------------------------
 
 
-def dataset_splits(folder: Path, name: str, seed: int, split_dir: Path = SPLIT_DIR) -> dict[str, list[Sample]]:
+def dataset_splits(
+    folder: Path, name: str, seed: int, split_dir: Path = SPLIT_DIR, masks_dir: Path | None = None
+) -> dict[str, list[Sample]]:
     """The 70/20/10 split of a folder source; committed split lists win over recomputing."""
-    samples = folder_samples(folder)
+    samples = folder_samples(folder, masks_dir)
     lists = {split: split_dir / f"{name}_{split}.txt" for split in ("train", "val", "test")}
     if all(p.exists() for p in lists.values()):
         by_stem = {s.stem: s for s in samples}
@@ -278,9 +287,14 @@ class Trainer:
         train_sets: list[LoadedSet] = []
         val_samples: list[Sample] = []
         for source in cfg.sources:
-            splits = dataset_splits(root / source.path, Path(source.path).name, cfg.split_seed, split_dir)
-            train_sets.append(load_set(splits["train"], long_side=cfg.cache_long_side, name=source.path, weight=source.weight))
-            val_samples += splits["val"]
+            masks_dir = REPO / source.masks / "masks" if source.masks else None
+            splits = dataset_splits(root / source.path, Path(source.path).name, cfg.split_seed, split_dir, masks_dir)
+            train_sets.append(load_set(
+                splits["train"], long_side=cfg.cache_long_side, name=source.path, weight=source.weight,
+                ignore_band=source.ignore_band,
+            ))
+            if source.validate:
+                val_samples += splits["val"]
         if cfg.val_limit:
             val_samples = val_samples[: cfg.val_limit]
         self.val = load_set(val_samples, long_side=cfg.cache_long_side, name="val")
@@ -341,7 +355,7 @@ class Trainer:
             masks = masks.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = self.model(images)
-            loss = F.cross_entropy(logits.float(), masks)
+            loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_LABEL)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
