@@ -15,7 +15,7 @@ pytest.importorskip("pycocotools", reason="training tests need the [train] extra
 from bgremove_plugin import load_model
 from train.data import IGNORE_LABEL, AugmentConfig, augment
 from train.export import export
-from train.metrics import person_iou
+from train.metrics import boundary_f_score, mean_absolute_error, person_iou
 from train.sources import Sample, coco_person_images, export_coco_folder, folder_samples, split_samples
 from train.train import SourceConfig, TrainConfig, Trainer, main
 
@@ -139,6 +139,29 @@ def test_person_iou_edge_cases() -> None:
     assert person_iou(prob, truth) == pytest.approx(0.5)
 
 
+def test_boundary_f_score_scores_outlines_not_areas() -> None:
+    truth = np.zeros((120, 100), dtype=np.uint8)
+    truth[20:100, 30:70] = 255
+    exact = truth / 255.0
+    assert boundary_f_score(exact, truth) == 1.0
+    near = np.roll(exact, 2, axis=1)  # within the 3 px tolerance
+    far = np.roll(exact, 8, axis=1)
+    assert boundary_f_score(near, truth) == 1.0
+    assert boundary_f_score(far, truth) < 0.6 < person_iou(far, truth)
+    assert boundary_f_score(np.zeros((8, 8)), np.zeros((8, 8), np.uint8)) == 1.0
+    assert boundary_f_score(np.zeros((120, 100)), truth) == 0.0
+    # A person filling the frame has no outline inside the image: nothing to miss.
+    assert boundary_f_score(np.ones((8, 8)), np.full((8, 8), 255, np.uint8)) == 1.0
+
+
+def test_mean_absolute_error_of_soft_masks() -> None:
+    truth = np.zeros((10, 10), dtype=np.uint8)
+    truth[:5] = 255
+    assert mean_absolute_error(truth / 255.0, truth) == 0.0
+    assert mean_absolute_error(np.full((10, 10), 0.5), truth) == pytest.approx(0.5)
+    assert mean_absolute_error(1.0 - truth / 255.0, truth) == pytest.approx(1.0)
+
+
 # --- loop, resume, export ------------------------------------------------------------------------
 
 
@@ -246,3 +269,48 @@ def test_calibration_moves_the_decision_point_to_the_best_threshold() -> None:
     # p = sigmoid(person - background): probability 0.3 before is exactly 0.5 after.
     gap_before, gap_after = before[1] - before[0], after[1] - after[0]
     assert torch.allclose(gap_after, gap_before - math.log(0.3 / 0.7), atol=1e-4)
+
+
+def test_evaluation_harness_writes_csv_summary_and_gallery(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.evaluate import main as evaluate_main
+
+    make_folder_source(tmp_path, count=5)
+    out = tmp_path / "report"
+    evaluate_main(["--model", str(tiny_weights), "--model", str(tiny_weights) + "/", "--source", "synthetic",
+                   "--split", "all", "--data-root", str(tmp_path), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "| model | images | mean IoU" in printed and "boundary F" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["models"]) == 2
+    for model in summary["models"].values():
+        assert model["images"] == 5 and 0.0 <= model["iou"] <= 1.0 and 0.0 <= model["boundary_f"] <= 1.0
+        assert 0.0 <= model["mae"] <= 1.0 and sum(b["images"] for b in model["by_person_area"].values()) == 5
+    rows = (out / "per_image.csv").read_text().splitlines()
+    assert rows[0] == "model,stem,iou,boundary_f,mae,person_area,seconds" and len(rows) == 1 + 2 * 5
+    gallery = Image.open(next(out.glob("worst_*.png")))
+    assert gallery.width == 12 * 192 and gallery.height >= 192
+
+
+# --- pseudo-labels ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["interfaces_cc0", "congress_pd"])
+def test_committed_pseudo_labels_match_their_photos(data_root: Path, name: str) -> None:
+    from train.train import PSEUDO_LABELLED_PEOPLE, REPO
+
+    source = next(s for s in PSEUDO_LABELLED_PEOPLE if s.path.endswith(name))
+    label_set = REPO / str(source.masks)
+    provenance = json.loads((label_set / "provenance.json").read_text())
+    available = sorted((data_root / source.path / "images").glob("*.jpg"))
+    assert provenance["photos_in_folder"] == len(available) and "u2net" in provenance["teacher"]
+    photos = available[: provenance["count"]]  # the teacher labels the first N in name order
+    masks = {p.stem: p for p in (label_set / "masks").glob("*.png")}
+    assert photos and {p.stem for p in photos} == set(masks)
+    # Spot checks: same size as the photo, soft 8-bit, and a person that fills part of the portrait.
+    for photo in photos[:: max(1, len(photos) // 8)]:
+        mask = Image.open(masks[photo.stem])
+        assert mask.mode == "L" and mask.size == Image.open(photo).size
+        person = (np.asarray(mask) > 127).mean()
+        assert 0.1 < person < 0.95, (photo.stem, person)

@@ -1,10 +1,19 @@
-"""Mean person IoU of a model on a split of an images/ + masks/ folder, at full image resolution.
+"""Score models on an images/ + masks/ folder at full resolution: ours and, optionally, the peers.
+
+Per image: IoU of the person class (threshold 0.5), boundary F-score within 3 px, MAE of the soft mask.
+Per model: means, the share of images with IoU < 0.5, a breakdown by person-area bucket and a gallery of
+the 16 worst images (photo / truth / prediction). All models run on the same images in one process and
+one table is printed (markdown). With ``--out`` the per-image CSV, the summary JSON and the galleries are
+written there.
 
 Examples:
     python -m train.evaluate --source ccp --split test                      # embedded default weights
-    python -m train.evaluate --model train/runs/cpu-fcdn56/export --source coco128 --split all --csv iou.csv
+    python -m train.evaluate --model train/runs/cpu-fcdn56/export --source coco128 --split all --people-only
     python -m train.evaluate --source people/interfaces_cc0 --masks train/pseudo_labels/interfaces_cc0 --split test
                                        # agreement with the teacher's pseudo-labels, not with human labels
+    # with the peers (their environment, see train/README.md):
+    data_cache/peers/venv/bin/python -m train.evaluate --model default --model u2net --model u2netp \\
+        --model mediapipe0 --source ccp --split test --out reports/ccp-test
 """
 
 from __future__ import annotations
@@ -13,16 +22,19 @@ import argparse
 import csv
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from bgremove_plugin.api import BackgroundRemover
+from .metrics import boundary_f_score, mean_absolute_error, person_iou
+from .sources import SPLIT_DIR, Sample, data_root, folder_samples, read_split_list
 
-from .metrics import person_iou
-from .sources import Sample, data_root, folder_samples, read_split_list
-from .train import SPLIT_DIR
+AREA_BUCKETS = ((0.0, 0.05, "<5%"), (0.05, 0.2, "5-20%"), (0.2, 0.4, "20-40%"), (0.4, 1.01, ">=40%"))
+GALLERY_SIZE = 16
+Predictor = Callable[[Path], np.ndarray]
+"""Photo path -> float32 person probability in [0, 1] at the photo's (EXIF-oriented) size."""
 
 
 def select(source: Path, split: str, masks_dir: Path | None = None) -> list[Sample]:
@@ -36,45 +48,166 @@ def select(source: Path, split: str, masks_dir: Path | None = None) -> list[Samp
     return [s for s in samples if s.stem in wanted]
 
 
-def evaluate(remover: BackgroundRemover, samples: list[Sample], *, people_only: bool = False) -> list[dict[str, object]]:
-    rows = []
+def _oriented_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def build_predictor(name: str, *, device: str = "cpu") -> Predictor:
+    """``default`` (embedded weights), a weights folder or Hub id, or a peer name from ``train.peers``."""
+    from .peers import PEER_NAMES, build_peer
+
+    if name in PEER_NAMES:
+        peer = build_peer(name)
+        return lambda path: peer(_oriented_rgb(path))
+    from bgremove_plugin.api import BackgroundRemover
+
+    remover = BackgroundRemover(None if name == "default" else name, device=device)
+    return lambda path: remover.predict_alpha([path])[0]
+
+
+def score(predict: Predictor, samples: Sequence[Sample], *, people_only: bool = False) -> list[dict[str, object]]:
+    """One row per image: iou, boundary_f, mae, person_area and the prediction's seconds."""
+    rows: list[dict[str, object]] = []
     for sample in samples:
         truth = np.asarray(Image.open(sample.mask).convert("L"))
         if people_only and not truth.any():
             continue
-        alpha = remover.predict_alpha([sample.image])[0]
-        rows.append({"stem": sample.stem, "iou": person_iou(alpha, truth), "person_area": float((truth > 127).mean())})
+        started = time.perf_counter()
+        probability = predict(sample.image)
+        seconds = time.perf_counter() - started
+        if probability.shape != truth.shape:
+            raise ValueError(f"{sample.image}: prediction {probability.shape} but mask {truth.shape}")
+        rows.append(
+            {
+                "stem": sample.stem,
+                "iou": person_iou(probability, truth),
+                "boundary_f": boundary_f_score(probability, truth),
+                "mae": mean_absolute_error(probability, truth),
+                "person_area": float((truth > 127).mean()),
+                "seconds": seconds,
+            }
+        )
     return rows
+
+
+def summarise(rows: Sequence[dict[str, object]]) -> dict[str, object]:
+    def mean(key: str, subset: Sequence[dict[str, object]] = rows) -> float:
+        return round(float(np.mean([float(r[key]) for r in subset])), 4)  # type: ignore[arg-type]
+
+    ious = np.array([float(r["iou"]) for r in rows])  # type: ignore[arg-type]
+    buckets = {}
+    for low, high, label in AREA_BUCKETS:
+        subset = [r for r in rows if low <= float(r["person_area"]) < high]  # type: ignore[arg-type]
+        if subset:
+            buckets[label] = {"images": len(subset), "iou": mean("iou", subset)}
+    return {
+        "images": len(rows),
+        "iou": mean("iou"),
+        "median_iou": round(float(np.median(ious)), 4),
+        "boundary_f": mean("boundary_f"),
+        "mae": mean("mae"),
+        "share_iou_below_0.5": round(float((ious < 0.5).mean()), 4),
+        "seconds_per_image": mean("seconds"),
+        "by_person_area": buckets,
+    }
+
+
+def worst_gallery(
+    predict: Predictor, samples: Sequence[Sample], rows: Sequence[dict[str, object]], tile: int = 192
+) -> Image.Image:
+    """Photo / truth / prediction for the lowest-IoU images, four triples per row."""
+    by_stem = {s.stem: s for s in samples}
+    worst = sorted(rows, key=lambda r: float(r["iou"]))[:GALLERY_SIZE]  # type: ignore[arg-type]
+    tiles = []
+    for row in worst:
+        sample = by_stem[str(row["stem"])]
+        photo = Image.fromarray(_oriented_rgb(sample.image))
+        truth = Image.open(sample.mask).convert("RGB")
+        prediction = Image.fromarray(np.round(predict(sample.image) * 255).astype(np.uint8)).convert("RGB")
+        for image in (photo, truth, prediction):
+            tiles.append(ImageOps.pad(image, (tile, tile), color=(40, 40, 40)))
+    columns = 12
+    sheet = Image.new("RGB", (columns * tile, max(1, -(-len(tiles) // columns)) * tile), (40, 40, 40))
+    for i, image in enumerate(tiles):
+        sheet.paste(image, ((i % columns) * tile, (i // columns) * tile))
+    return sheet
+
+
+def markdown_table(summaries: dict[str, dict[str, object]]) -> str:
+    lines = [
+        "| model | images | mean IoU | median IoU | boundary F (3 px) | MAE | IoU < 0.5 | s/image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summaries.items():
+        lines.append(
+            f"| {name} | {s['images']} | {s['iou']:.3f} | {s['median_iou']:.3f} | {s['boundary_f']:.3f} | "
+            f"{s['mae']:.3f} | {float(s['share_iou_below_0.5']):.0%} | {s['seconds_per_image']:.2f} |"  # type: ignore[arg-type]
+        )
+    labels = [label for *_, label in AREA_BUCKETS]
+    lines += [
+        "",
+        "| model | " + " | ".join(f"IoU, person {label} of image" for label in labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for name, s in summaries.items():
+        buckets: dict[str, dict[str, float]] = s["by_person_area"]  # type: ignore[assignment]
+        cells = [
+            f"{buckets[label]['iou']:.3f} ({int(buckets[label]['images'])})" if label in buckets else "-"
+            for label in labels
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="weights folder or Hub id (default: embedded weights)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="'default', a weights folder, a Hub id, or a peer (u2net, u2netp, mediapipe0, mediapipe1, teacher); repeatable",
+    )
     parser.add_argument("--source", default="ccp", help="folder under the data root")
     parser.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     parser.add_argument("--masks", type=Path, default=None, help="a pseudo-label set (holding masks/) to score against")
     parser.add_argument("--people-only", action="store_true", help="skip images whose mask is empty")
     parser.add_argument("--data-root", type=Path, default=None)
-    parser.add_argument("--csv", type=Path, help="write per-image IoU here")
+    parser.add_argument("--out", type=Path, help="write per_image.csv, summary.json and worst_<model>.png here")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    samples = select((args.data_root or data_root()) / args.source, args.split, args.masks / "masks" if args.masks else None)
-    remover = BackgroundRemover(args.model, device=args.device)
-    started = time.time()
-    rows = evaluate(remover, samples, people_only=args.people_only)
-    ious = np.array([r["iou"] for r in rows], dtype=np.float64)
-    summary = {
-        "model": args.model or "<default>", "source": args.source, "masks": str(args.masks or "human"), "split": args.split, "images": len(rows),
-        "mean_iou": round(float(ious.mean()), 4), "median_iou": round(float(np.median(ious)), 4),
-        "share_iou_below_0.5": round(float((ious < 0.5).mean()), 4), "seconds": round(time.time() - started, 1),
+    samples = select(
+        (args.data_root or data_root()) / args.source, args.split, args.masks / "masks" if args.masks else None
+    )
+    models = args.model or ["default"]
+    summaries: dict[str, dict[str, object]] = {}
+    all_rows: list[dict[str, object]] = []
+    for name in models:
+        predict = build_predictor(name, device=args.device)
+        rows = score(predict, samples, people_only=args.people_only)
+        summaries[name] = summarise(rows)
+        all_rows += [{"model": name, **row} for row in rows]
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            safe = name.replace("/", "_")
+            worst_gallery(predict, samples, rows).save(args.out / f"worst_{safe}.png")
+    header = {
+        "source": args.source,
+        "split": args.split,
+        "masks": str(args.masks or "human"),
+        "people_only": args.people_only,
     }
-    if args.csv:
-        with args.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["stem", "iou", "person_area"])
+    if args.out:
+        with (args.out / "per_image.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(
+                f, fieldnames=["model", "stem", "iou", "boundary_f", "mae", "person_area", "seconds"]
+            )
             writer.writeheader()
-            writer.writerows(rows)
-    print(json.dumps(summary))
+            writer.writerows(all_rows)
+        (args.out / "summary.json").write_text(json.dumps({**header, "models": summaries}, indent=2) + "\n")
+    print(json.dumps(header))
+    print(markdown_table(summaries))
 
 
 if __name__ == "__main__":

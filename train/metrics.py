@@ -16,3 +16,43 @@ def person_iou(probability: np.ndarray, truth: np.ndarray, threshold: float = 0.
     if union == 0:
         return 1.0
     return float(np.logical_and(predicted, actual).sum() / union)
+
+
+def _as_bool(mask: np.ndarray) -> np.ndarray:
+    return mask > 127 if mask.dtype == np.uint8 else mask.astype(bool)
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a 4-neighbour outside it; the image border does not count as an edge."""
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask, border_value=1)
+
+
+def boundary_f_score(
+    probability: np.ndarray, truth: np.ndarray, *, tolerance: float = 3.0, threshold: float = 0.5
+) -> float:
+    """F-measure of the predicted outline against the true one, a match being within ``tolerance`` pixels.
+
+    This scores edges only, so a halo or a jagged outline costs here even when IoU barely moves. Both
+    outlines empty (no person anywhere) is a perfect 1.0; one empty is 0.0.
+    """
+    from scipy import ndimage
+
+    predicted = _boundary(probability >= threshold)
+    actual = _boundary(_as_bool(truth))
+    if not predicted.any() and not actual.any():
+        return 1.0
+    if not predicted.any() or not actual.any():
+        return 0.0
+    to_actual = ndimage.distance_transform_edt(~actual)
+    to_predicted = ndimage.distance_transform_edt(~predicted)
+    precision = float((to_actual[predicted] <= tolerance).mean())
+    recall = float((to_predicted[actual] <= tolerance).mean())
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def mean_absolute_error(probability: np.ndarray, truth: np.ndarray) -> float:
+    """Mean |soft prediction - truth| with truth scaled to [0, 1]; rewards confident, correct alphas."""
+    actual = truth.astype(np.float32) / 255.0 if truth.dtype == np.uint8 else truth.astype(np.float32)
+    return float(np.abs(probability.astype(np.float32) - actual).mean())

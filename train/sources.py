@@ -19,6 +19,8 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+SPLIT_DIR = Path(__file__).resolve().parent / "splits"
+"""Committed split lists, ``<source name>_<split>.txt``."""
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,15 @@ from .peers import PEERS_HOME, build_peer, describe
 log = logging.getLogger("train.teacher")
 
 
-def label_folder(folder: Path, out: Path, *, home: Path = PEERS_HOME, threads: int = 2) -> int:
-    """Label every ``folder/images/*.jpg`` that has no mask in ``out/masks`` yet; returns how many were written."""
-    images = sorted((folder / "images").glob("*.jpg"))
-    if not images:
+def label_folder(
+    folder: Path, out: Path, *, home: Path = PEERS_HOME, threads: int = 2, limit: int | None = None
+) -> int:
+    """Label ``folder/images/*.jpg`` (the first ``limit`` in name order, or all) that have no mask in
+    ``out/masks`` yet; returns how many were written."""
+    available = sorted((folder / "images").glob("*.jpg"))
+    if not available:
         raise FileNotFoundError(f"no images/*.jpg in {folder}")
+    images = available[:limit] if limit else available
     (out / "masks").mkdir(parents=True, exist_ok=True)
     todo = [p for p in images if not (out / "masks" / f"{p.stem}.png").exists()]
     teacher = build_peer("teacher", home, threads=threads) if todo else None
@@ -47,6 +51,7 @@ def label_folder(folder: Path, out: Path, *, home: Path = PEERS_HOME, threads: i
     provenance = {
         "images": str(folder),
         "count": len(images),
+        "photos_in_folder": len(available),
         "labelled": time.strftime("%Y-%m-%d"),
         "format": "8-bit PNG, soft probability x 255 of the teacher; not human-checked",
         **describe(home),
@@ -62,8 +67,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="where masks/ and provenance.json go")
     parser.add_argument("--home", type=Path, default=PEERS_HOME, help="the peers' environment and weights")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None, help="label only the first N photos in name order")
     args = parser.parse_args(argv)
-    written = label_folder(args.folder, args.out, home=args.home, threads=args.threads)
+    written = label_folder(args.folder, args.out, home=args.home, threads=args.threads, limit=args.limit)
     log.info("wrote %d masks to %s", written, args.out / "masks")
 
 
