@@ -49,7 +49,11 @@ def _backdrop_for(
 
 
 def cut_out(
-    photo: Image.Image | None, background: str, colour: str | None, backdrop: Image.Image | None
+    photo: Image.Image | None,
+    background: str,
+    colour: str | None,
+    backdrop: Image.Image | None,
+    refine_edges: bool = True,
 ) -> tuple[Image.Image, Image.Image, str]:
     """Run one request: returns the result, the mask and the path of the PNG to download."""
     if photo is None:
@@ -60,7 +64,7 @@ def cut_out(
             f"{MAX_PIXELS / 1e6:.0f}. Please resize it and try again."
         )
     try:
-        cutout = remover.remove(photo)
+        cutout = remover.remove(photo, refine="guided" if refine_edges else "none")
     except InvalidImageError as exc:
         raise gr.Error(str(exc)) from exc
     mask = cutout.getchannel("A")
@@ -83,6 +87,7 @@ with gr.Blocks(title="bgremove: remove the background from photos of people") as
             background = gr.Radio(BACKGROUNDS, value="transparent", label="Background")
             colour = gr.ColorPicker(value="#ffffff", label="Background colour (for 'colour')")
             backdrop = gr.Image(type="pil", label="Background image (for 'image')")
+            refine_edges = gr.Checkbox(value=True, label="Refine edges (guided filter: edges follow the photo's)")
             submit = gr.Button("Remove background", variant="primary", elem_id="submit")
         with gr.Column():
             result = gr.Image(type="pil", label="Result", format="png", image_mode=None, elem_id="result")
@@ -91,7 +96,10 @@ with gr.Blocks(title="bgremove: remove the background from photos of people") as
     if EXAMPLES:
         gr.Examples(EXAMPLES, inputs=[photo])
     submit.click(
-        cut_out, inputs=[photo, background, colour, backdrop], outputs=[result, mask, download], api_name="remove"
+        cut_out,
+        inputs=[photo, background, colour, backdrop, refine_edges],
+        outputs=[result, mask, download],
+        api_name="remove",
     )
 
 

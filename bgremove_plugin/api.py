@@ -16,6 +16,7 @@ from PIL import Image, ImageChops, ImageColor, ImageOps, UnidentifiedImageError
 from .errors import InvalidImageError
 from .hub import load_model, resolve_device
 from .model import TiramisuNet
+from .refine import Refine, check_refine, guided_upsample
 from .transforms import oriented, prepare_batch, probability_to_mask, to_rgb
 
 if TYPE_CHECKING:
@@ -90,11 +91,15 @@ def _parse_colour(colour: str | tuple[int, int, int]) -> tuple[int, int, int]:
         try:
             rgb = ImageColor.getrgb(colour)
         except ValueError as exc:
-            raise ValueError(f"background={colour!r} is not a colour name or hex code such as 'white' or '#00ff00'") from exc
+            raise ValueError(
+                f"background={colour!r} is not a colour name or hex code such as 'white' or '#00ff00'"
+            ) from exc
         return rgb[0], rgb[1], rgb[2]
     if len(colour) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in colour):
         return colour[0], colour[1], colour[2]
-    raise ValueError(f"background={colour!r} must be a colour name, a hex code, an (r, g, b) tuple of 0-255 ints or an image")
+    raise ValueError(
+        f"background={colour!r} must be a colour name, a hex code, an (r, g, b) tuple of 0-255 ints or an image"
+    )
 
 
 def compose(
@@ -137,6 +142,7 @@ class BackgroundRemover:
         revision: Hub revision when ``model`` is a repo id.
         device: ``"auto"`` (default: CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``.
         batch_size: images per forward pass when a list is processed.
+        refine: the default edge refinement, ``"guided"`` or ``"none"``; each call may override it.
 
     Example:
         >>> remover = BackgroundRemover(device="cpu")
@@ -150,9 +156,11 @@ class BackgroundRemover:
         revision: str | None = None,
         device: str | torch.device | None = None,
         batch_size: int = 4,
+        refine: Refine = "guided",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.refine = check_refine(refine)
         self.device = resolve_device(device)
         if isinstance(model, TiramisuNet):
             self.model = model.to(self.device).eval()
@@ -160,25 +168,33 @@ class BackgroundRemover:
             self.model = load_model(model, revision=revision, device=self.device)
         self.batch_size = batch_size
 
-    def predict_masks(self, images: Sequence[ImageInput]) -> list[Image.Image]:
+    def predict_masks(self, images: Sequence[ImageInput], *, refine: Refine | None = None) -> list[Image.Image]:
         """Person probability as 8-bit 'L' masks (255 = person) at each image's oriented size."""
-        return self._masks_of([load_image(image) for image in images])
+        return self._masks_of([load_image(image) for image in images], refine)
 
     @torch.inference_mode()
-    def _masks_of(self, loaded: Sequence[Image.Image]) -> list[Image.Image]:
+    def _masks_of(self, loaded: Sequence[Image.Image], refine: Refine | None = None) -> list[Image.Image]:
+        mode = self.refine if refine is None else check_refine(refine)
         net = self.model
         masks: list[Image.Image] = []
         for start in range(0, len(loaded), self.batch_size):
             chunk = loaded[start : start + self.batch_size]
             rgb = [to_rgb(image) for image in chunk]
-            batch, valid = prepare_batch(rgb, long_side=net.input_size, multiple=net.pad_multiple, mean=net.mean, std=net.std)
+            batch, valid = prepare_batch(
+                rgb, long_side=net.input_size, multiple=net.pad_multiple, mean=net.mean, std=net.std
+            )
             probabilities = net(batch.to(self.device)).float().softmax(dim=1)[:, 1]
-            masks.extend(probability_to_mask(probabilities[i], valid[i], image.size) for i, image in enumerate(chunk))
+            for i, photo in enumerate(rgb):
+                if mode == "guided":
+                    width, height = valid[i]
+                    masks.append(guided_upsample(probabilities[i, :height, :width].cpu().numpy(), photo))
+                else:
+                    masks.append(probability_to_mask(probabilities[i], valid[i], photo.size))
         return masks
 
-    def predict_alpha(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+    def predict_alpha(self, images: Sequence[ImageInput], *, refine: Refine | None = None) -> list[np.ndarray]:
         """Person probability as float32 arrays in [0, 1] at each image's oriented size."""
-        return [np.asarray(mask, dtype=np.float32) / 255.0 for mask in self.predict_masks(images)]
+        return [np.asarray(mask, dtype=np.float32) / 255.0 for mask in self.predict_masks(images, refine=refine)]
 
     def remove(
         self,
@@ -187,9 +203,12 @@ class BackgroundRemover:
         background: BackgroundInput | None = None,
         return_mask: bool = False,
         threshold: float | None = None,
+        refine: Refine | None = None,
     ) -> Image.Image:
         """Cut the person out of one image; see :func:`remove_background` for the options."""
-        return self.remove_many([image], background=background, return_mask=return_mask, threshold=threshold)[0]
+        return self.remove_many(
+            [image], background=background, return_mask=return_mask, threshold=threshold, refine=refine
+        )[0]
 
     def remove_many(
         self,
@@ -198,10 +217,11 @@ class BackgroundRemover:
         background: BackgroundInput | None = None,
         return_mask: bool = False,
         threshold: float | None = None,
+        refine: Refine | None = None,
     ) -> list[Image.Image]:
         """Cut out a list of images, ``batch_size`` at a time; returns one output per input, in order."""
         loaded = [load_image(image) for image in images]
-        masks = self._masks_of(loaded)
+        masks = self._masks_of(loaded, refine)
         return [
             compose(image, mask, background=background, return_mask=return_mask, threshold=threshold)
             for image, mask in zip(loaded, masks)
@@ -223,6 +243,7 @@ def remove_background(
     background: BackgroundInput | None = None,
     return_mask: bool = False,
     threshold: float | None = None,
+    refine: Refine = "guided",
 ) -> Image.Image:
     """Remove the background from a photo of people.
 
@@ -235,6 +256,8 @@ def remove_background(
         background: a colour (name, hex, RGB tuple) or an image to put behind the person; gives RGB.
         return_mask: return the 'L' alpha mask instead of a cut-out.
         threshold: binarise the mask at this probability instead of keeping soft edges.
+        refine: how the network's low-resolution map becomes a full-resolution alpha: ``"guided"``
+            (default; a guided filter makes edges follow the photo's) or ``"none"`` (bilinear).
 
     Returns:
         A PIL image of the input's oriented size: RGBA by default, RGB with ``background``, L with
@@ -254,7 +277,9 @@ def remove_background(
         key = (str(model) if model is not None else "<default>", revision, str(resolve_device(device)))
         cached = _default_removers.get(key)
         # load_model caches the network itself, so a race here only builds a second thin wrapper.
-        remover = cached if cached is not None else _default_removers.setdefault(
-            key, BackgroundRemover(model, revision=revision, device=device)
+        remover = (
+            cached
+            if cached is not None
+            else _default_removers.setdefault(key, BackgroundRemover(model, revision=revision, device=device))
         )
-    return remover.remove(image, background=background, return_mask=return_mask, threshold=threshold)
+    return remover.remove(image, background=background, return_mask=return_mask, threshold=threshold, refine=refine)

@@ -51,12 +51,23 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or - for stdin")
-    parser.add_argument("-o", "--output", type=Path, help="output file (one input) or folder; default: next to each input as NAME-nobg.EXT")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="output file (one input) or folder; default: next to each input as NAME-nobg.EXT",
+    )
     parser.add_argument("--glob", default="*", help="file name pattern inside folders (default: every image)")
     parser.add_argument("--format", choices=sorted(FORMATS), help="output format (default: from -o's suffix, else png)")
     parser.add_argument("--background", help="colour name, hex code or image path to put behind the person")
     parser.add_argument("--mask", action="store_true", help="write the greyscale alpha mask instead of a cut-out")
     parser.add_argument("--threshold", type=float, help="hard mask: binarise the alpha at this probability (0-1)")
+    parser.add_argument(
+        "--refine",
+        choices=["guided", "none"],
+        default="guided",
+        help="edges: guided (default; follow the photo's edges) or none (plain bilinear upsampling)",
+    )
     parser.add_argument("--model", help="local weights folder or Hugging Face Hub repo id (default: embedded weights)")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit) for --model")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
@@ -169,11 +180,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     err = sys.stderr
 
-    fmt_key = args.format or (args.output.suffix.lower().lstrip(".") if args.output and args.output.suffix.lower().lstrip(".") in FORMATS else "png")
+    fmt_key = args.format or (
+        args.output.suffix.lower().lstrip(".")
+        if args.output and args.output.suffix.lower().lstrip(".") in FORMATS
+        else "png"
+    )
     image_format = FORMATS[fmt_key]
     suffix = ".jpg" if image_format == "JPEG" else f".{fmt_key}"
     if image_format == "JPEG" and not (args.background or args.mask):
-        err.write("bgremove: JPEG has no transparency: add --background COLOUR (e.g. white), or use --format png/webp\n")
+        err.write(
+            "bgremove: JPEG has no transparency: add --background COLOUR (e.g. white), or use --format png/webp\n"
+        )
         return 2
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         err.write(f"bgremove: --threshold must be between 0 and 1, got {args.threshold}\n")
@@ -185,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.background:
             background = load_image(args.background) if Path(args.background).is_file() else args.background
-        remover = BackgroundRemover(args.model, revision=args.revision, device=args.device, batch_size=args.batch_size)
+        remover = BackgroundRemover(
+            args.model, revision=args.revision, device=args.device, batch_size=args.batch_size, refine=args.refine
+        )
     except (BgRemoveError, ValueError) as exc:
         err.write(f"bgremove: {exc}\n")
         return 2

@@ -63,7 +63,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def _download(repo_id: str, revision: str | None, *, local_files_only: bool, cache_dir: str | Path | None, token: str | bool | None) -> Path:
+def _download(
+    repo_id: str,
+    revision: str | None,
+    *,
+    local_files_only: bool,
+    cache_dir: str | Path | None,
+    token: str | bool | None,
+) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -78,8 +85,13 @@ def _download(repo_id: str, revision: str | None, *, local_files_only: bool, cac
         try:
             paths.append(
                 hf_hub_download(
-                    repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-                    token=token, library_name="bgremove_plugin",
+                    repo_id,
+                    filename,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    local_files_only=local_files_only,
+                    token=token,
+                    library_name="bgremove_plugin",
                 )
             )
         except HFValidationError as exc:
@@ -99,7 +111,9 @@ def _download(repo_id: str, revision: str | None, *, local_files_only: bool, cac
                 "(offline, HF_HUB_OFFLINE=1 or local_files_only=True); download it once while online, or pass a local folder"
             ) from exc
         except EntryNotFoundError as exc:
-            raise ModelLoadError(f"Hub repo {repo_id!r} has no {filename}: it is not a bgremove_plugin weights repo") from exc
+            raise ModelLoadError(
+                f"Hub repo {repo_id!r} has no {filename}: it is not a bgremove_plugin weights repo"
+            ) from exc
     return Path(paths[0]).parent
 
 
@@ -134,7 +148,9 @@ def build_from_folder(folder: Path) -> TiramisuNet:
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"{weights} is not a readable safetensors file (corrupt or truncated download?): {exc}") from exc
+        raise ModelLoadError(
+            f"{weights} is not a readable safetensors file (corrupt or truncated download?): {exc}"
+        ) from exc
     expected = model.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
@@ -197,7 +213,9 @@ def load_model(
         if folder is None:
             if isinstance(source, Path) or str(source).startswith((".", "/", "~")):
                 raise ModelLoadError(f"weights folder {source} does not exist")
-            folder = _download(str(source), revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token)
+            folder = _download(
+                str(source), revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token
+            )
         model = build_from_folder(folder).to(torch_device)
         log.info("loaded %s (%s) on %s", key, folder, torch_device)
         _cache[cache_key] = model

@@ -43,9 +43,7 @@ class _DenseBlock(nn.Module):
     the paper drops the input on the up path so that the number of channels does not explode.
     """
 
-    def __init__(
-        self, in_channels: int, n_layers: int, growth_rate: int, dropout: float, *, keep_input: bool
-    ) -> None:
+    def __init__(self, in_channels: int, n_layers: int, growth_rate: int, dropout: float, *, keep_input: bool) -> None:
         super().__init__()
         self.keep_input = keep_input
         self.layers = nn.ModuleList(

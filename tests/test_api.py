@@ -149,6 +149,18 @@ def test_mask_and_threshold(tiny: BackgroundRemover, portrait: Image.Image) -> N
         tiny.remove(portrait, threshold=1.5)
 
 
+def test_refine_modes_agree_inside_and_differ_at_edges(tiny: BackgroundRemover, portrait: Image.Image) -> None:
+    guided = np.asarray(tiny.remove(portrait, return_mask=True), dtype=np.int16)  # the remover's default
+    plain = np.asarray(tiny.remove(portrait, return_mask=True, refine="none"), dtype=np.int16)
+    assert guided.shape == plain.shape == (portrait.height, portrait.width)
+    assert not np.array_equal(guided, plain)
+    assert np.abs(guided - plain).mean() < 20  # the same map underneath, reshaped at edges only
+    with pytest.raises(ValueError, match="refine"):
+        tiny.remove(portrait, refine="crf")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="refine"):
+        BackgroundRemover(tiny.model, refine="sharp")  # type: ignore[arg-type]
+
+
 def test_batches_match_single_calls(tiny: BackgroundRemover, portrait: Image.Image) -> None:
     images = [portrait.resize((64 + 8 * i, 48)) for i in range(5)]
     batched = tiny.remove_many(images)

@@ -31,6 +31,10 @@ def test_one_file_to_one_output(tiny_weights: Path, tmp_path: Path) -> None:
     assert main([str(PORTRAIT), "-o", str(out), "--model", str(tiny_weights), "--device", "cpu"]) == 0
     result = Image.open(out)
     assert result.mode == "RGBA" and result.size == (512, 512)
+    plain = tmp_path / "plain.png"
+    assert main([str(PORTRAIT), "-o", str(plain), "--model", str(tiny_weights), "--device", "cpu", "--refine", "none"]) == 0
+    assert Image.open(plain).size == (512, 512)
+    assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(result))
 
 
 def test_folder_with_a_corrupt_file_keeps_going(tiny_weights: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -107,10 +107,12 @@ def client(demo_url: str) -> Any:
     return gradio_client.Client(demo_url, verbose=False)
 
 
-def _call(client: Any, photo: Path, background: str = "transparent", colour: str = "#ffffff") -> Any:
+def _call(
+    client: Any, photo: Path, background: str = "transparent", colour: str = "#ffffff", refine_edges: bool = True
+) -> Any:
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(photo)), background, colour, None, api_name="/remove")
+    return client.predict(handle_file(str(photo)), background, colour, None, refine_edges, api_name="/remove")
 
 
 def test_client_gets_an_rgba_cutout_of_the_input_size(client: Any) -> None:
@@ -128,6 +130,14 @@ def test_client_gets_an_rgba_cutout_of_the_input_size(client: Any) -> None:
     # A portrait: both kept and removed pixels, with the person filling a good part of the frame.
     assert alpha.min() < 16 and alpha.max() > 240
     assert 0.15 < (alpha > 127).mean() < 0.9
+
+
+def test_client_can_turn_edge_refinement_off(client: Any) -> None:
+    _, refined_path, _ = _call(client, PORTRAIT)
+    _, plain_path, _ = _call(client, PORTRAIT, refine_edges=False)
+    with Image.open(refined_path) as refined, Image.open(plain_path) as plain:
+        assert refined.size == plain.size
+        assert not np.array_equal(np.asarray(refined.convert("L")), np.asarray(plain.convert("L")))
 
 
 def test_client_puts_the_person_on_a_colour(client: Any) -> None:

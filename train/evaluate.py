@@ -53,7 +53,7 @@ def _oriented_rgb(path: Path) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
-def build_predictor(name: str, *, device: str = "cpu") -> Predictor:
+def build_predictor(name: str, *, device: str = "cpu", refine: str = "guided") -> Predictor:
     """``default`` (embedded weights), a weights folder or Hub id, or a peer name from ``train.peers``."""
     from .peers import PEER_NAMES, build_peer
 
@@ -62,7 +62,7 @@ def build_predictor(name: str, *, device: str = "cpu") -> Predictor:
         return lambda path: peer(_oriented_rgb(path))
     from bgremove_plugin.api import BackgroundRemover
 
-    remover = BackgroundRemover(None if name == "default" else name, device=device)
+    remover = BackgroundRemover(None if name == "default" else name, device=device, refine=refine)  # type: ignore[arg-type]
     return lambda path: remover.predict_alpha([path])[0]
 
 
@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--out", type=Path, help="write per_image.csv, summary.json and worst_<model>.png here")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--refine", default="guided", choices=["guided", "none"], help="edge refinement for our models")
     args = parser.parse_args(argv)
 
     samples = select(
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     summaries: dict[str, dict[str, object]] = {}
     all_rows: list[dict[str, object]] = []
     for name in models:
-        predict = build_predictor(name, device=args.device)
+        predict = build_predictor(name, device=args.device, refine=args.refine)
         rows = score(predict, samples, people_only=args.people_only)
         summaries[name] = summarise(rows)
         all_rows += [{"model": name, **row} for row in rows]
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         "source": args.source,
         "split": args.split,
         "masks": str(args.masks or "human"),
+        "refine": args.refine,
         "people_only": args.people_only,
     }
     if args.out:

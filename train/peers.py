@@ -37,6 +37,7 @@ MEDIAPIPE_REQUIREMENT = "mediapipe==0.10.21"
 PEER_REQUIREMENTS = [
     "numpy<2",
     "pillow",
+    "scipy",
     "onnxruntime",
     "protobuf<5",
     "absl-py",
