@@ -29,5 +29,8 @@ def best_threshold(probabilities: list[np.ndarray], masks: list[np.ndarray]) -> 
 
 def shift_person_logit(model: TiramisuNet, threshold: float) -> None:
     """Make probability ``threshold`` the model's new 0.5 (softmax over 2 classes = sigmoid of the logit gap)."""
+    bias = model.classifier.bias
+    if bias is None:
+        raise ValueError("the classifier has no bias to shift")
     with torch.no_grad():
-        model.classifier.bias[1] -= math.log(threshold / (1.0 - threshold))
+        bias[1] -= math.log(threshold / (1.0 - threshold))

@@ -24,7 +24,7 @@ def _as_bool(mask: np.ndarray) -> np.ndarray:
 
 def _boundary(mask: np.ndarray) -> np.ndarray:
     """Pixels of ``mask`` with a 4-neighbour outside it; the image border does not count as an edge."""
-    from scipy import ndimage
+    from scipy import ndimage  # type: ignore[import-untyped,unused-ignore]
 
     return mask & ~ndimage.binary_erosion(mask, border_value=1)
 
@@ -37,7 +37,7 @@ def boundary_f_score(
     This scores edges only, so a halo or a jagged outline costs here even when IoU barely moves. Both
     outlines empty (no person anywhere) is a perfect 1.0; one empty is 0.0.
     """
-    from scipy import ndimage
+    from scipy import ndimage  # type: ignore[import-untyped,unused-ignore]
 
     predicted = _boundary(probability >= threshold)
     actual = _boundary(_as_bool(truth))

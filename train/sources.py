@@ -98,7 +98,7 @@ def coco_person_images(annotation_file: Path, rule: CocoFilter = CocoFilter()) -
     Crowd annotations are neither counted as people nor drawn: they are loose regions, not people.
     The area is measured on the rasterised union, so overlapping people are not counted twice.
     """
-    from pycocotools.coco import COCO  # the [train] extra
+    from pycocotools.coco import COCO  # type: ignore[import-untyped,unused-ignore]  # the [train] extra
 
     coco = COCO(str(annotation_file))
     category_ids = coco.getCatIds(catNms=[rule.category])

@@ -19,7 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -226,10 +226,15 @@ def save_grid(path: Path, images: list[np.ndarray], truths: list[np.ndarray], pr
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
+def _unwrap(model: torch.nn.Module) -> TiramisuNet:
+    """The TiramisuNet inside an EMA wrapper, or the model itself."""
+    return cast(TiramisuNet, model.module if isinstance(model, AveragedModel) else model)
+
+
 @torch.inference_mode()
 def predict_probabilities(model: torch.nn.Module, images: list[np.ndarray], device: torch.device, batch_size: int = 8) -> list[np.ndarray]:
     """Person probability at each image's own size, through the same preprocessing as the package."""
-    net = model.module if isinstance(model, AveragedModel) else model
+    net = _unwrap(model)
     probs: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
         chunk = [Image.fromarray(a) for a in images[start : start + batch_size]]
@@ -248,7 +253,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, images: list[np.ndarray], devi
     at inference neither is there. Averaging the statistics over real photos at the working resolution
     (dropout off) fixes that mismatch: on the CCP validation split it raised IoU from 0.69 to 0.77.
     """
-    net = copy.deepcopy(model.module if isinstance(model, AveragedModel) else model)
+    net = copy.deepcopy(_unwrap(model))
     net.eval()
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -274,7 +279,7 @@ class Trainer:
         self.run_dir = run_dir
         self.device = device
         torch.manual_seed(cfg.seed)
-        self.model = TiramisuNet(**model_kwargs(cfg)).to(device).to(memory_format=torch.channels_last)
+        self.model = TiramisuNet(**model_kwargs(cfg)).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         params = self.model.parameters()
         if cfg.optimizer == "rmsprop":
             self.optimizer: torch.optim.Optimizer = torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
