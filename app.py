@@ -64,7 +64,7 @@ def cut_out(
             f"{MAX_PIXELS / 1e6:.0f}. Please resize it and try again."
         )
     try:
-        cutout = remover.remove(photo, refine="guided" if refine_edges else "none")
+        cutout = remover.remove(photo, refine="guided" if refine_edges else "none", decontaminate=refine_edges)
     except InvalidImageError as exc:
         raise gr.Error(str(exc)) from exc
     mask = cutout.getchannel("A")
@@ -87,7 +87,9 @@ with gr.Blocks(title="bgremove: remove the background from photos of people") as
             background = gr.Radio(BACKGROUNDS, value="transparent", label="Background")
             colour = gr.ColorPicker(value="#ffffff", label="Background colour (for 'colour')")
             backdrop = gr.Image(type="pil", label="Background image (for 'image')")
-            refine_edges = gr.Checkbox(value=True, label="Refine edges (guided filter: edges follow the photo's)")
+            refine_edges = gr.Checkbox(
+                value=True, label="Refine edges (follow the photo's edges; remove the old background's tint)"
+            )
             submit = gr.Button("Remove background", variant="primary", elem_id="submit")
         with gr.Column():
             result = gr.Image(type="pil", label="Result", format="png", image_mode=None, elem_id="result")

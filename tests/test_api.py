@@ -37,7 +37,9 @@ def test_default_call_returns_same_size_rgba_with_soft_alpha(portrait: Image.Ima
     alpha = np.asarray(cutout.getchannel("A"))
     assert alpha.min() < 20 and alpha.max() > 235, "a portrait has both person and background"
     assert len(np.unique(alpha)) > 10, "alpha stays soft unless a threshold is asked for"
-    np.testing.assert_array_equal(np.asarray(cutout)[..., :3], np.asarray(portrait))
+    opaque = alpha == 255  # colours change only where alpha is partial (decontamination), never here
+    assert opaque.any()
+    np.testing.assert_array_equal(np.asarray(cutout)[..., :3][opaque], np.asarray(portrait)[opaque])
 
 
 def test_the_portrait_is_cut_out(portrait: Image.Image) -> None:
@@ -129,7 +131,7 @@ def test_a_text_file_is_not_an_image(tiny: BackgroundRemover, tmp_path: Path) ->
 def test_background_colour_and_image_give_rgb(tiny: BackgroundRemover, portrait: Image.Image) -> None:
     small = portrait.resize((64, 48))
     mask = np.asarray(tiny.remove(small, return_mask=True), dtype=np.float32)[..., None] / 255
-    red = np.asarray(tiny.remove(small, background="#ff0000"), dtype=np.float32)
+    red = np.asarray(tiny.remove(small, background="#ff0000", decontaminate=False), dtype=np.float32)
     expected = np.asarray(small, dtype=np.float32) * mask + np.array([255, 0, 0]) * (1 - mask)
     assert np.abs(red - expected).max() <= 1.5
     on_image = tiny.remove(small, background=Image.new("RGB", (10, 10), (0, 0, 255)))
@@ -159,6 +161,17 @@ def test_refine_modes_agree_inside_and_differ_at_edges(tiny: BackgroundRemover, 
         tiny.remove(portrait, refine="crf")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="refine"):
         BackgroundRemover(tiny.model, refine="sharp")  # type: ignore[arg-type]
+
+
+def test_decontamination_changes_only_soft_edge_colours(tiny: BackgroundRemover, portrait: Image.Image) -> None:
+    cleaned = np.asarray(tiny.remove(portrait))
+    original = np.asarray(tiny.remove(portrait, decontaminate=False))
+    np.testing.assert_array_equal(cleaned[..., 3], original[..., 3])  # same alpha
+    alpha = cleaned[..., 3]
+    settled = (alpha == 0) | (alpha == 255)
+    np.testing.assert_array_equal(cleaned[settled], original[settled])
+    np.testing.assert_array_equal(original[..., :3], np.asarray(portrait.convert("RGB")))
+    assert (cleaned[~settled, :3] != original[~settled, :3]).any()
 
 
 def test_batches_match_single_calls(tiny: BackgroundRemover, portrait: Image.Image) -> None:

@@ -35,6 +35,9 @@ def test_one_file_to_one_output(tiny_weights: Path, tmp_path: Path) -> None:
     assert main([str(PORTRAIT), "-o", str(plain), "--model", str(tiny_weights), "--device", "cpu", "--refine", "none"]) == 0
     assert Image.open(plain).size == (512, 512)
     assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(result))
+    raw = tmp_path / "raw.png"
+    assert main([str(PORTRAIT), "-o", str(raw), "--model", str(tiny_weights), "--device", "cpu", "--no-decontaminate"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(raw))[..., :3], np.asarray(Image.open(PORTRAIT).convert("RGB")))
 
 
 def test_folder_with_a_corrupt_file_keeps_going(tiny_weights: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

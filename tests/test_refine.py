@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgremove_plugin.refine import box_mean, check_refine, guided_upsample
+from bgremove_plugin.refine import box_mean, check_refine, estimate_foreground, guided_upsample
 
 
 def _step_photo(width: int = 640, height: int = 480, edge: float = 0.53) -> tuple[Image.Image, np.ndarray]:
@@ -84,3 +84,37 @@ def test_unknown_refine_mode_is_rejected() -> None:
     assert check_refine("none") == "none"
     with pytest.raises(ValueError, match="refine='matte' is not one of"):
         check_refine("matte")
+
+
+def _spill_photo(width: int = 400, height: int = 300) -> tuple[Image.Image, Image.Image, np.ndarray]:
+    """A red person on a green background with a 30-pixel soft edge: photo, alpha and the true colours."""
+    ramp = np.clip((np.arange(width, dtype=np.float32) - 0.5 * width) / 30.0 + 0.5, 0.0, 1.0)
+    alpha = np.tile(ramp, (height, 1))[..., None]
+    person, background = np.array([200, 40, 30], np.float32), np.array([30, 190, 40], np.float32)
+    photo = alpha * person + (1 - alpha) * background
+    return (
+        Image.fromarray(photo.round().astype(np.uint8)),
+        Image.fromarray((alpha[..., 0] * 255).round().astype(np.uint8)),
+        np.broadcast_to(person, photo.shape),
+    )
+
+
+def test_foreground_estimation_removes_the_old_background_from_soft_edges() -> None:
+    photo, alpha, true_colours = _spill_photo()
+    estimated = np.asarray(estimate_foreground(photo, alpha), dtype=np.float32)
+    a = np.asarray(alpha)
+    edge = (a > 25) & (a < 230)
+    spill_before = np.abs(np.asarray(photo, dtype=np.float32) - true_colours)[edge].mean()
+    spill_after = np.abs(estimated - true_colours)[edge].mean()
+    assert spill_after < 0.25 * spill_before
+    # Opaque and fully transparent pixels are the photo's own.
+    settled = (a == 0) | (a == 255)
+    np.testing.assert_array_equal(estimated[settled], np.asarray(photo)[settled])
+
+
+def test_foreground_estimation_keeps_size_and_handles_no_edges() -> None:
+    photo, _, _ = _spill_photo(123, 77)
+    for value in (0, 255):
+        same = estimate_foreground(photo, Image.new("L", photo.size, value))
+        assert same.size == photo.size and same.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(same), np.asarray(photo))
