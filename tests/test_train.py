@@ -293,6 +293,21 @@ def test_evaluation_harness_writes_csv_summary_and_gallery(
     assert gallery.width == 12 * 192 and gallery.height >= 192
 
 
+def test_full_size_masks_fit_a_downscaled_copy_of_their_photos(tmp_path: Path) -> None:
+    from train.data import load_set
+
+    Image.new("RGB", (160, 120), "gray").save(tmp_path / "small.jpg")
+    full = np.zeros((480, 640), dtype=np.uint8)
+    full[:, 320:] = 255
+    Image.fromarray(full).save(tmp_path / "full.png")
+    loaded = load_set([Sample("a", tmp_path / "small.jpg", tmp_path / "full.png")], long_side=None)
+    assert loaded.masks[0].shape == (120, 160)
+    assert loaded.masks[0][:, :70].max() == 0 and loaded.masks[0][:, 90:].min() == 255
+    Image.new("L", (640, 640)).save(tmp_path / "square.png")
+    with pytest.raises(ValueError, match="its image is"):
+        load_set([Sample("b", tmp_path / "small.jpg", tmp_path / "square.png")], long_side=None)
+
+
 # --- pseudo-labels ---------------------------------------------------------------------------------
 
 

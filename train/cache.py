@@ -3,8 +3,11 @@
 The shared data does not travel to a lent GPU; a long-side-320 copy of CCP and coco128 (about 30 MB)
 does, in the git-ignored ``data_cache/`` named in the device tool's ``carry``.
 
+Folders without masks/ (the photos behind the committed pseudo-labels) are copied image by image; their
+masks stay in ``train/pseudo_labels/`` and are resized to the copies when loaded.
+
 Example:
-    python -m train.cache --out data_cache --long-side 320 ccp coco128
+    python -m train.cache --out data_cache --long-side 320 ccp coco128 people/interfaces_cc0 people/congress_pd
     python -m train.train --config gpu-fcdn103 --run-dir train/runs/gpu-fcdn103 --data-root data_cache --device cuda
 """
 
@@ -19,19 +22,22 @@ from .sources import data_root
 
 
 def downscale_folder(source: Path, target: Path, long_side: int) -> int:
+    """Copy ``source`` at ``long_side``: image/mask pairs, or every image when it has no masks/ at all."""
+    labelled = (source / "masks").is_dir()
     (target / "images").mkdir(parents=True, exist_ok=True)
-    (target / "masks").mkdir(parents=True, exist_ok=True)
+    if labelled:
+        (target / "masks").mkdir(parents=True, exist_ok=True)
     count = 0
     for image_path in sorted((source / "images").glob("*.jpg")):
         mask_path = source / "masks" / f"{image_path.stem}.png"
-        if not mask_path.exists():
+        if labelled and not mask_path.exists():
             continue
         image = Image.open(image_path).convert("RGB")
-        mask = Image.open(mask_path).convert("L")
         scale = min(1.0, long_side / max(image.size))
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image.resize(size, Image.Resampling.LANCZOS).save(target / "images" / image_path.name, quality=92)
-        mask.resize(size, Image.Resampling.BILINEAR).save(target / "masks" / mask_path.name)
+        if labelled:
+            Image.open(mask_path).convert("L").resize(size, Image.Resampling.BILINEAR).save(target / "masks" / mask_path.name)
         count += 1
     return count
 
@@ -46,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     root = args.data_root or data_root()
     for name in args.sources:
         count = downscale_folder(root / name, args.out / name, args.long_side)
-        print(f"{name}: {count} pairs -> {args.out / name}")
+        print(f"{name}: {count} images -> {args.out / name}")
 
 
 if __name__ == "__main__":

