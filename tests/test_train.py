@@ -247,6 +247,19 @@ def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None
     model = load_model(tmp_path / "exported")
     assert model.input_size == 64 and next(model.parameters()).dtype == torch.float32
 
+    # last.pt holds BatchNorm statistics of augmented crops: the export re-estimates them on clean photos.
+    raw = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
+    info = export(
+        run_dir, tmp_path / "from_last", checkpoint="last.pt", weights="model", data_root=tmp_path,
+        split_dir=tmp_path / "splits",
+    )
+    assert info["epoch"] == 3 and info["checkpoint"] == "last.pt (model)"
+    exported = load_model(tmp_path / "from_last").state_dict()
+    mean_key = next(k for k in raw if k.endswith("running_mean"))
+    assert not torch.allclose(exported[mean_key], raw[mean_key].float())
+    weight_key = next(k for k in raw if k.endswith(".weight"))
+    torch.testing.assert_close(exported[weight_key], raw[weight_key].float())
+
 
 def test_calibration_moves_the_decision_point_to_the_best_threshold() -> None:
     from bgremove_plugin.model import TiramisuNet

@@ -29,6 +29,7 @@ def _weights_from_training_state(path: Path, which: str) -> dict[str, Any]:
     else:
         weights = state["model"]
     return {
+        "config": state["config"],
         "model_kwargs": model_kwargs(config_from_dict(state["config"])),
         "state_dict": weights,
         "epoch": state["epoch"],
@@ -57,11 +58,15 @@ def export(
     checkpoint: str = "best.pt",
     weights: str = "ema",
     calibrate_on: Path | None = None,
+    data_root: Path | None = None,
+    split_dir: Path | None = None,
 ) -> dict[str, object]:
     """Write the weights folder and return the checkpoint's metadata (epoch, val IoU, samples seen).
 
     ``best.pt`` holds the weights that scored best on validation; ``last.pt`` holds the latest
-    training state, from which ``weights`` picks the raw model or its EMA.
+    training state, from which ``weights`` picks the raw model or its EMA; its BatchNorm statistics
+    come from augmented crops, so they are re-estimated on the run's clean photos (needs ``data_root``)
+    as validation and ``best.pt`` do.
     """
     if checkpoint == "last.pt":
         saved = _weights_from_training_state(run_dir / checkpoint, weights)
@@ -69,6 +74,14 @@ def export(
         saved = torch.load(run_dir / checkpoint, map_location="cpu", weights_only=True)
     model = TiramisuNet(**saved["model_kwargs"])
     model.load_state_dict(saved["state_dict"], strict=True)
+    if checkpoint == "last.pt":
+        from .train import SPLIT_DIR, calibration_images, config_from_dict, recalibrate_batchnorm
+
+        if data_root is None:
+            raise ValueError("exporting last.pt re-estimates BatchNorm on the training photos: pass data_root")
+        cfg = config_from_dict(saved["config"])
+        photos = calibration_images(cfg, data_root, split_dir or SPLIT_DIR)
+        model = recalibrate_batchnorm(model, photos, torch.device("cpu"))
     calibration = _calibrate(model, calibrate_on) if calibrate_on else None
     if fp16:
         # Halves the wheel; load_state_dict casts back to float32 when the package loads it.
@@ -100,7 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     from .sources import data_root
 
     calibrate_on = (args.data_root or data_root()) if args.calibrate else None
-    info = export(args.run_dir, args.out, fp16=args.fp16, checkpoint=args.checkpoint, weights=args.weights, calibrate_on=calibrate_on)
+    root = args.data_root or data_root()
+    info = export(
+        args.run_dir, args.out, fp16=args.fp16, checkpoint=args.checkpoint, weights=args.weights,
+        calibrate_on=calibrate_on, data_root=root,
+    )
     print(json.dumps(info))
 
 

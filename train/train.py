@@ -165,6 +165,22 @@ def dataset_splits(
     return splits
 
 
+def calibration_shares(sizes: list[int], weights: list[float], total: int) -> list[int]:
+    """How many images of each source re-estimate BatchNorm: each source in its share of training draws."""
+    draws = np.array(sizes, dtype=np.float64) * np.array(weights, dtype=np.float64)
+    return [int(n) for n in np.round(draws / draws.sum() * total)]
+
+
+def calibration_images(cfg: TrainConfig, root: Path, split_dir: Path = SPLIT_DIR) -> list[np.ndarray]:
+    """The clean training photos a run re-estimates BatchNorm on (the same ones ``Trainer`` uses)."""
+    splits = [
+        dataset_splits(root / s.path, Path(s.path).name, cfg.split_seed, split_dir, REPO / s.masks / "masks" if s.masks else None)
+        for s in cfg.sources
+    ]
+    shares = calibration_shares([len(sp["train"]) for sp in splits], [s.weight for s in cfg.sources], cfg.bn_calibration_images)
+    return [image for sp, n in zip(splits, shares) for image in load_set(sp["train"][:n], long_side=cfg.cache_long_side).images]
+
+
 def background_paths(folder: Path) -> list[Path]:
     paths = []
     for mask_path in sorted((folder / "masks").glob("*.png")):
@@ -314,7 +330,7 @@ class Trainer:
         self.val = load_set(val_samples, long_side=cfg.cache_long_side, name="val")
         self.sampler = EpochSampler(train_sets, cfg.seed)
         # BatchNorm statistics come from every source in its training share, so portraits count too.
-        shares = np.round(self.sampler.set_probs * cfg.bn_calibration_images).astype(int)
+        shares = calibration_shares([len(s.images) for s in train_sets], [s.weight for s in train_sets], cfg.bn_calibration_images)
         self.calibration_images = [image for s, n in zip(train_sets, shares) for image in s.images[:n]]
         self.backgrounds = load_backgrounds(
             [p for folder in cfg.backgrounds for p in background_paths(root / folder)], cfg.cache_long_side
