@@ -220,6 +220,19 @@ def test_pseudo_labelled_source_trains_but_stays_out_of_validation(tmp_path: Pat
     assert math.isfinite(row["train_loss"])
 
 
+def test_negative_sources_keep_only_scenes_without_people(tmp_path: Path) -> None:
+    from train.train import source_splits
+
+    folder = make_folder_source(tmp_path, count=10)
+    for mask in sorted((folder / "masks").glob("*.png"))[:6]:
+        Image.new("L", Image.open(mask).size, 0).save(mask)  # six scenes without anyone
+    splits = source_splits(SourceConfig("synthetic", empty_only=True), 0, tmp_path, tmp_path / "splits")
+    kept = [s for samples in splits.values() for s in samples]
+    assert len(kept) == 6 and all(not np.asarray(Image.open(s.mask)).any() for s in kept)
+    everything = source_splits(SourceConfig("synthetic"), 0, tmp_path, tmp_path / "splits")
+    assert sum(len(v) for v in everything.values()) == 10
+
+
 def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None:
     make_folder_source(tmp_path)
     run_dir = tmp_path / "run"
