@@ -4,8 +4,11 @@ Run with our package only:           python benchmarks/speed.py
 With the peers (their environment):  .peers/venv/bin/python benchmarks/speed.py --peers
 
 End to end per photo, decode excluded: preprocessing, inference, upsampling/refinement and compositing
-to an RGBA cut-out. Prints median and p95 ms per photo, images/s for batches (ours), the peak RSS growth
-of each model measured in a fresh child process, and each model's median as a ratio to ours.
+to an RGBA cut-out. Ours runs with the default edges (guided upsampling) on each backend (ONNX Runtime,
+PyTorch), with plain bilinear edges, and with colour decontamination added (opt-in). Prints
+median and p95 ms per photo, the default's time per stage, images/s for batches, the peak RSS growth of
+each model measured in a fresh child process, and each model's median as a ratio to ``ours-torch``
+(the default).
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "astronaut.jpg"
 PEERS = ("u2net", "u2netp", "mediapipe0")
+OURS = {
+    # name: (backend, refine, decontaminate); the first is the package's default
+    "ours-torch": ("torch", "guided", False),
+    "ours-onnx": ("onnx", "guided", False),
+    "ours-torch-plain": ("torch", "none", False),
+    "ours-torch-decontaminate": ("torch", "guided", True),
+}
 
 
 def load_photo(size: str) -> Image.Image:
@@ -34,13 +44,13 @@ def load_photo(size: str) -> Image.Image:
 
 
 def cutter(name: str) -> Callable[[Image.Image], Image.Image]:
-    """A photo -> RGBA cut-out function: ours (``default``, ``default-none``) or a peer."""
-    if name.startswith("default"):
+    """A photo -> RGBA cut-out function: ours (a key of ``OURS``) or a peer."""
+    if name in OURS:
         from bgremove_plugin import BackgroundRemover
 
-        refine = "none" if name == "default-none" else "guided"
-        remover = BackgroundRemover(device="cpu", refine=refine)  # type: ignore[arg-type]
-        return lambda photo: remover.remove(photo, decontaminate=refine == "guided")
+        backend, refine, decontaminate = OURS[name]
+        remover = BackgroundRemover(device="cpu", refine=refine, backend=backend)  # type: ignore[arg-type]
+        return lambda photo: remover.remove(photo, decontaminate=decontaminate)
     sys.path.insert(0, str(REPO))
     from train.peers import build_peer
 
@@ -65,10 +75,47 @@ def latency(function: Callable[[Image.Image], Image.Image], photo: Image.Image, 
     return samples
 
 
-def batch_throughput(photo: Image.Image, batch_size: int, count: int = 8) -> float:
+def stage_times(photo: Image.Image, repeats: int) -> dict[str, float]:
+    """Median ms of each stage of a cut-out (default backend, guided, with the opt-in decontamination)."""
+    import torch
+
+    from bgremove_plugin import BackgroundRemover
+    from bgremove_plugin.refine import estimate_foreground, guided_upsample
+    from bgremove_plugin.transforms import prepare_batch
+
+    remover = BackgroundRemover(device="cpu")
+    net = remover.model
+    timings: dict[str, list[float]] = {}
+    clock = time.perf_counter
+
+    def lap(stage: str, since: float) -> float:
+        now = clock()
+        timings.setdefault(stage, []).append((now - since) * 1000)
+        return now
+
+    for _ in range(repeats + 1):
+        start = clock()
+        batch, valid = prepare_batch(
+            [photo], long_side=net.input_size, multiple=net.pad_multiple, mean=net.mean, std=net.std
+        )
+        start = lap("preprocess", start)
+        with torch.inference_mode():
+            probability = remover._person_probability(batch)
+        start = lap("inference", start)
+        width, height = valid[0]
+        alpha = guided_upsample(probability[0, :height, :width].numpy(), photo)
+        start = lap("guided upsample", start)
+        colours = estimate_foreground(photo, alpha)
+        start = lap("decontaminate", start)
+        colours.putalpha(alpha)
+        lap("compose", start)
+    return {stage: round(statistics.median(samples[1:]), 1) for stage, samples in timings.items()}
+
+
+def batch_throughput(photo: Image.Image, batch_size: int, backend: str, count: int = 8) -> float:
     from bgremove_plugin import BackgroundRemover
 
-    remover = BackgroundRemover(device="cpu", batch_size=batch_size)
+    remover = BackgroundRemover(device="cpu", batch_size=batch_size, backend=backend)  # type: ignore[arg-type]
     photos = [photo] * count
     remover.remove_many(photos[:batch_size])
     start = time.perf_counter()
@@ -76,12 +123,23 @@ def batch_throughput(photo: Image.Image, batch_size: int, count: int = 8) -> flo
     return count / (time.perf_counter() - start)
 
 
+def high_water_mb() -> float:
+    """This process's peak resident memory. /proc's VmHWM starts afresh at exec; ru_maxrss (the fallback
+    off Linux) keeps the forking parent's peak, which made every child read 0 growth here."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_rss_growth(name: str, size: str) -> float:
     """MB the process's peak RSS grows by when ``name`` loads and cuts out one photo (a fresh child)."""
     code = (
-        "import resource, sys; sys.path.insert(0, sys.argv[1]); from benchmarks.speed import cutter, load_photo;"
-        "photo = load_photo(sys.argv[3]); before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "cutter(sys.argv[2])(photo); print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)"
+        "import sys; sys.path.insert(0, sys.argv[1]); from benchmarks.speed import cutter, high_water_mb, load_photo;"
+        "photo = load_photo(sys.argv[3]); before = high_water_mb();"
+        "cutter(sys.argv[2])(photo); print(high_water_mb() - before)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(REPO), name, size], capture_output=True, text=True, check=True
@@ -99,7 +157,7 @@ def main() -> None:
     import torch
 
     photo = load_photo(args.size)
-    names = ["default", "default-none", *(PEERS if args.peers else ())]
+    names = [*OURS, *(PEERS if args.peers else ())]
     rows = {}
     for name in names:
         samples = latency(cutter(name), photo, args.repeats)
@@ -107,7 +165,7 @@ def main() -> None:
             "median_ms": round(statistics.median(samples), 1),
             "p95_ms": round(float(np.percentile(samples, 95)), 1),
         }
-    ours = rows["default"]["median_ms"]
+    ours = rows["ours-torch"]["median_ms"]
     for name, row in rows.items():
         row["ratio_to_ours"] = round(row["median_ms"] / ours, 2)
         if not args.no_memory:
@@ -115,9 +173,14 @@ def main() -> None:
     report = {
         "photo": args.size,
         "torch_threads": torch.get_num_threads(),
-        "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "process_peak_rss_mb": round(high_water_mb(), 1),
         "models": rows,
-        "ours_batch_images_per_s": {f"batch {b}": round(batch_throughput(photo, b), 2) for b in (1, 4, 8)},
+        "ours_decontaminate_stages_ms": stage_times(photo, args.repeats),
+        "ours_images_per_s": {
+            f"{backend} batch {b}": round(batch_throughput(photo, b, backend), 2)
+            for backend in ("torch", "onnx")
+            for b in (1, 4)
+        },
     }
     print(json.dumps(report, indent=2))
 

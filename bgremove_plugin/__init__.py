@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import BgRemoveError, DeviceUnavailableError, InvalidImageError, ModelLoadError
+from .errors import BackendUnavailableError, BgRemoveError, DeviceUnavailableError, InvalidImageError, ModelLoadError
 
 if TYPE_CHECKING:
     from .api import BackgroundRemover, remove_background
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = [
+    "BackendUnavailableError",
     "BackgroundRemover",
     "BgRemoveError",
     "DeviceUnavailableError",

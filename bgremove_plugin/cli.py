@@ -69,15 +69,21 @@ def _parser() -> argparse.ArgumentParser:
         help="edges: guided (default; follow the photo's edges) or none (plain bilinear upsampling)",
     )
     parser.add_argument(
-        "--no-decontaminate",
-        dest="decontaminate",
-        action="store_false",
-        help="keep the photo's own colours at soft edges (default: remove the old background's tint)",
+        "--decontaminate",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="replace the old background's tint at soft edges with the person's own colours (slower; default: off)",
     )
     parser.add_argument("--model", help="local weights folder or Hugging Face Hub repo id (default: embedded weights)")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit) for --model")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="inference engine: auto (default; PyTorch), torch, or onnx (ONNX Runtime; needs bgremove_plugin[onnx])",
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1; more helps on GPUs)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
@@ -209,7 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.background:
             background = load_image(args.background) if Path(args.background).is_file() else args.background
         remover = BackgroundRemover(
-            args.model, revision=args.revision, device=args.device, batch_size=args.batch_size, refine=args.refine
+            args.model,
+            revision=args.revision,
+            device=args.device,
+            batch_size=args.batch_size,
+            refine=args.refine,
+            backend=args.backend,
         )
     except (BgRemoveError, ValueError) as exc:
         err.write(f"bgremove: {exc}\n")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BgRemoveError", "DeviceUnavailableError", "InvalidImageError", "ModelLoadError"]
+__all__ = ["BackendUnavailableError", "BgRemoveError", "DeviceUnavailableError", "InvalidImageError", "ModelLoadError"]
 
 
 class BgRemoveError(Exception):
@@ -19,3 +19,7 @@ class ModelLoadError(BgRemoveError, OSError):
 
 class DeviceUnavailableError(BgRemoveError, RuntimeError):
     """An explicitly requested device (``cuda``, ``mps``) is not available in this process."""
+
+
+class BackendUnavailableError(BgRemoveError, RuntimeError):
+    """An explicitly requested inference backend (``onnx``) cannot run: its extra is not installed."""

@@ -91,6 +91,9 @@ class TiramisuNet(
         mean: per-channel mean used to normalise RGB values in [0, 1].
         std: per-channel standard deviation used with ``mean``.
         pad_multiple: height and width are padded to a multiple of this (2 ** number of pools).
+        alpha_range: person probabilities at or below ``alpha_range[0]`` become alpha 0, at or above
+            ``alpha_range[1]`` alpha 1, linearly in between; fitted per set of weights so that confident
+            pixels are fully opaque or transparent (no haze) while edges stay soft.
 
     Example:
         >>> net = TiramisuNet.from_preset("fcdensenet56")
@@ -111,8 +114,12 @@ class TiramisuNet(
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         pad_multiple: int = 32,
+        alpha_range: Sequence[float] = (0.0, 1.0),
     ) -> None:
         super().__init__()
+        low, high = (float(v) for v in alpha_range)
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(f"alpha_range must be two probabilities low < high in [0, 1], got {list(alpha_range)}")
         if pad_multiple % (2 ** len(down_layers)) != 0:
             raise ValueError(
                 f"pad_multiple={pad_multiple} must be a multiple of 2**{len(down_layers)} "
@@ -123,6 +130,7 @@ class TiramisuNet(
         self.mean = [float(v) for v in mean]
         self.std = [float(v) for v in std]
         self.pad_multiple = int(pad_multiple)
+        self.alpha_range = (low, high)
         self.num_classes = int(num_classes)
 
         self.first_conv = nn.Conv2d(3, first_conv_channels, kernel_size=3, padding=1, bias=True)

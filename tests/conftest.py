@@ -11,6 +11,14 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PORTRAIT = REPO / "examples" / "astronaut.jpg"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # ONNX exports of test weights go to a throwaway cache (inherited by subprocesses), never the user's.
+    if "BGREMOVE_CACHE" not in os.environ:
+        import tempfile
+
+        os.environ["BGREMOVE_CACHE"] = tempfile.mkdtemp(prefix="bgremove-test-cache-")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now, for servers started by tests."""
     with socket.socket() as sock:

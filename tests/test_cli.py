@@ -35,9 +35,10 @@ def test_one_file_to_one_output(tiny_weights: Path, tmp_path: Path) -> None:
     assert main([str(PORTRAIT), "-o", str(plain), "--model", str(tiny_weights), "--device", "cpu", "--refine", "none"]) == 0
     assert Image.open(plain).size == (512, 512)
     assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(result))
-    raw = tmp_path / "raw.png"
-    assert main([str(PORTRAIT), "-o", str(raw), "--model", str(tiny_weights), "--device", "cpu", "--no-decontaminate"]) == 0
-    np.testing.assert_array_equal(np.asarray(Image.open(raw))[..., :3], np.asarray(Image.open(PORTRAIT).convert("RGB")))
+    np.testing.assert_array_equal(np.asarray(result)[..., :3], np.asarray(Image.open(PORTRAIT).convert("RGB")))
+    clean = tmp_path / "clean.png"
+    assert main([str(PORTRAIT), "-o", str(clean), "--model", str(tiny_weights), "--device", "cpu", "--decontaminate"]) == 0
+    assert not np.array_equal(np.asarray(Image.open(clean))[..., :3], np.asarray(result)[..., :3])
 
 
 def test_folder_with_a_corrupt_file_keeps_going(tiny_weights: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,3 +117,18 @@ def test_unreadable_background_image_is_a_usage_error(tiny_weights: Path, tmp_pa
     status = main([str(PORTRAIT), "-o", str(tmp_path / "o.png"), "--background", str(bad), "--model", str(tiny_weights)])
     assert status == 2 and "backdrop.png" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_backend_option_selects_the_engine(tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    masks = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / f"{backend}.png"
+        args = [str(PORTRAIT), "-o", str(out), "--model", str(tiny_weights), "--device", "cpu", "--mask"]
+        assert main([*args, "--backend", backend]) == 0
+        masks[backend] = np.asarray(Image.open(out), dtype=np.int16)
+    assert np.abs(masks["torch"] - masks["onnx"]).max() <= 1
+    with pytest.raises(SystemExit) as usage:
+        main([str(PORTRAIT), "--backend", "tensorrt"])
+    assert usage.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

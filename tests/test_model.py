@@ -47,7 +47,9 @@ def test_unknown_preset_lists_the_valid_ones() -> None:
 
 
 def test_config_json_alone_rebuilds_the_model(tmp_path: Path) -> None:
-    model = TiramisuNet.from_preset("fcdensenet67", input_size=288, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25]).eval()
+    model = TiramisuNet.from_preset(
+        "fcdensenet67", input_size=288, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], alpha_range=[0.1, 0.9]
+    ).eval()
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["growth_rate"] == 16 and config["down_layers"] == [5, 5, 5, 5, 5]
@@ -60,7 +62,13 @@ def test_config_json_alone_rebuilds_the_model(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         assert torch.equal(loaded(x), model(x))
-    assert loaded.input_size == 288 and loaded.std == [0.25, 0.25, 0.25]
+    assert loaded.input_size == 288 and loaded.std == [0.25, 0.25, 0.25] and loaded.alpha_range == (0.1, 0.9)
+
+
+@pytest.mark.parametrize("alpha_range", [(0.5, 0.5), (0.8, 0.2), (-0.1, 0.9), (0.1, 1.5)])
+def test_an_impossible_alpha_range_is_refused(alpha_range: tuple[float, float]) -> None:
+    with pytest.raises(ValueError, match="alpha_range"):
+        TiramisuNet(alpha_range=alpha_range)
 
 
 def test_mixin_from_pretrained_round_trip(tiny_weights: Path) -> None:

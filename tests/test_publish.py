@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -17,11 +20,15 @@ from train.publish import stage
 
 from .conftest import REPO
 
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
+# With onnxruntime the shipped ONNX graph (checked against the weights) is uploaded beside them.
+UPLOAD = ["README.md", "config.json", "model.onnx", "model.safetensors"] if HAS_ORT else ["README.md", "config.json", "model.safetensors"]
+
 
 def test_dry_run_stages_config_weights_and_card(tmp_path: Path) -> None:
     out = tmp_path / "staged"
     files = stage(DEFAULT_WEIGHTS_DIR, REPO / "model_card.md", out)
-    assert files == ["README.md", "config.json", "model.safetensors"]
+    assert files == UPLOAD
     assert (out / "config.json").read_text().strip() == (DEFAULT_WEIGHTS_DIR / "config.json").read_text().strip()
     shipped = load_file(str(DEFAULT_WEIGHTS_DIR / "model.safetensors"))
     uploaded = load_file(str(out / "model.safetensors"))
@@ -54,7 +61,15 @@ def test_card_without_front_matter_is_refused(tmp_path: Path) -> None:
 
 def test_cli_dry_run_prints_the_file_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     publish_main(["--repo-id", "org/name", "--dry-run", str(tmp_path / "o")])
-    assert '"would_upload": ["README.md", "config.json", "model.safetensors"]' in capsys.readouterr().out
+    assert f'"would_upload": {json.dumps(UPLOAD)}' in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="the [onnx] extra is not installed")
+def test_an_onnx_file_from_other_weights_is_not_uploaded(tiny_weights: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "weights"
+    shutil.copytree(tiny_weights, folder)
+    shutil.copy(DEFAULT_WEIGHTS_DIR / "model.onnx", folder / "model.onnx")
+    assert "model.onnx" not in stage(folder, REPO / "model_card.md", tmp_path / "staged")
 
 
 @pytest.mark.skipif(not os.environ.get("HF_TOKEN"), reason="opt-in: set HF_TOKEN to push to the real Hub")

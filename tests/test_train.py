@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,7 +13,7 @@ from PIL import Image
 
 pytest.importorskip("pycocotools", reason="training tests need the [train] extra (pycocotools)")
 
-from bgremove_plugin import load_model
+from bgremove_plugin import BackgroundRemover, load_model
 from train.data import IGNORE_LABEL, AugmentConfig, augment
 from train.export import export
 from train.metrics import boundary_f_score, mean_absolute_error, person_iou
@@ -259,6 +260,10 @@ def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == ["config.json", "model.safetensors", "training_info.json"]
     model = load_model(tmp_path / "exported")
     assert model.input_size == 64 and next(model.parameters()).dtype == torch.float32
+    if importlib.util.find_spec("onnxruntime") is not None:
+        export(run_dir, tmp_path / "exported", fp16=True, onnx=True)
+        remover = BackgroundRemover(tmp_path / "exported", device="cpu", backend="onnx")
+        assert remover._onnx is not None and remover._onnx.path == tmp_path / "exported" / "model.onnx"
 
     # last.pt holds BatchNorm statistics of augmented crops: the export re-estimates them on clean photos.
     raw = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]

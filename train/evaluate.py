@@ -49,11 +49,15 @@ def select(source: Path, split: str, masks_dir: Path | None = None) -> list[Samp
 
 
 def _oriented_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    from bgremove_plugin.api import load_image
+    from bgremove_plugin.transforms import to_rgb
+
+    return np.asarray(to_rgb(load_image(path)))  # what our models see, so every model gets the same pixels
 
 
-def build_predictor(name: str, *, device: str = "cpu", refine: str = "guided") -> Predictor:
+def build_predictor(
+    name: str, *, device: str = "cpu", refine: str = "guided", input_size: int | None = None
+) -> Predictor:
     """``default`` (embedded weights), a weights folder or Hub id, or a peer name from ``train.peers``."""
     from .peers import PEER_NAMES, build_peer
 
@@ -63,6 +67,13 @@ def build_predictor(name: str, *, device: str = "cpu", refine: str = "guided") -
     from bgremove_plugin.api import BackgroundRemover
 
     remover = BackgroundRemover(None if name == "default" else name, device=device, refine=refine)  # type: ignore[arg-type]
+    if input_size is not None:
+        # Only for measuring the speed/quality trade-off of the working resolution; a private copy, so the
+        # process-wide cached model keeps the size its config gives.
+        import copy
+
+        remover.model = copy.deepcopy(remover.model)
+        remover.model.input_size = input_size
     return lambda path: remover.predict_alpha([path])[0]
 
 
@@ -176,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write per_image.csv, summary.json and worst_<model>.png here")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--refine", default="guided", choices=["guided", "none"], help="edge refinement for our models")
+    parser.add_argument("--input-size", type=int, help="run our models at this long side instead of their config's")
     args = parser.parse_args(argv)
 
     samples = select(
@@ -185,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     summaries: dict[str, dict[str, object]] = {}
     all_rows: list[dict[str, object]] = []
     for name in models:
-        predict = build_predictor(name, device=args.device, refine=args.refine)
+        predict = build_predictor(name, device=args.device, refine=args.refine, input_size=args.input_size)
         rows = score(predict, samples, people_only=args.people_only)
         summaries[name] = summarise(rows)
         all_rows += [{"model": name, **row} for row in rows]
@@ -198,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         "split": args.split,
         "masks": str(args.masks or "human"),
         "refine": args.refine,
+        "input_size": args.input_size,
         "people_only": args.people_only,
     }
     if args.out:

@@ -1,7 +1,7 @@
 """Turn a run's best checkpoint into a ``save_pretrained`` folder (config.json + model.safetensors).
 
 Examples:
-    python -m train.export --run-dir train/runs/cpu-fcdn56 --out bgremove_plugin/weights --fp16
+    python -m train.export --run-dir train/runs/cpu-fcdn56 --out bgremove_plugin/weights --fp16 --onnx
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
+from bgremove_plugin.hub import build_from_folder
 from bgremove_plugin.model import TiramisuNet
+from bgremove_plugin.onnx_backend import ONNX_NAME, export_onnx
+
+DEFAULT_ALPHA_RANGE = (0.2, 0.8)
+"""Probabilities snapped to alpha 0 / 1. On 80 CCP val photos (epoch-13 weights) it cut the soft mask's
+MAE from 0.083 to 0.058 and the share of partial-alpha pixels from 59% to 12%, at the same IoU (the
+range is symmetric about 0.5). Narrower ranges lower MAE a little more but harden hair and edges."""
 
 
 def _weights_from_training_state(path: Path, which: str) -> dict[str, Any]:
@@ -60,19 +67,21 @@ def export(
     calibrate_on: Path | None = None,
     data_root: Path | None = None,
     split_dir: Path | None = None,
+    onnx: bool = False,
+    alpha_range: tuple[float, float] = DEFAULT_ALPHA_RANGE,
 ) -> dict[str, object]:
     """Write the weights folder and return the checkpoint's metadata (epoch, val IoU, samples seen).
 
     ``best.pt`` holds the weights that scored best on validation; ``last.pt`` holds the latest
     training state, from which ``weights`` picks the raw model or its EMA; its BatchNorm statistics
     come from augmented crops, so they are re-estimated on the run's clean photos (needs ``data_root``)
-    as validation and ``best.pt`` do.
+    as validation and ``best.pt`` do. ``onnx`` also writes ``model.onnx`` for the ONNX Runtime backend.
     """
     if checkpoint == "last.pt":
         saved = _weights_from_training_state(run_dir / checkpoint, weights)
     else:
         saved = torch.load(run_dir / checkpoint, map_location="cpu", weights_only=True)
-    model = TiramisuNet(**saved["model_kwargs"])
+    model = TiramisuNet(**{**saved["model_kwargs"], "alpha_range": list(alpha_range)})
     model.load_state_dict(saved["state_dict"], strict=True)
     if checkpoint == "last.pt":
         from .train import SPLIT_DIR, calibration_images, config_from_dict, recalibrate_batchnorm
@@ -97,6 +106,11 @@ def export(
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     # The mixin writes a generic README.md; the real card is model_card.md at the repo root.
     (out / "README.md").unlink(missing_ok=True)
+    onnx_path = out / ONNX_NAME
+    onnx_path.unlink(missing_ok=True)  # never leave a graph of older weights beside new ones
+    if onnx:
+        # Export what the package will load (fp16 files come back as float32), so the fingerprints match.
+        export_onnx(build_from_folder(out), onnx_path)
     return info
 
 
@@ -108,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
     parser.add_argument("--weights", default="ema", choices=["ema", "model"], help="with last.pt: EMA or raw weights")
     parser.add_argument("--calibrate", action="store_true", help="fit the decision threshold on the CCP validation split")
+    parser.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE, metavar=("LOW", "HIGH"),
+                        help="probabilities at or below LOW give alpha 0, at or above HIGH alpha 1 (default 0.2 0.8)")
+    parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs bgremove_plugin[onnx])")
     parser.add_argument("--data-root", type=Path, default=None)
     args = parser.parse_args(argv)
     from .sources import data_root
@@ -116,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     root = args.data_root or data_root()
     info = export(
         args.run_dir, args.out, fp16=args.fp16, checkpoint=args.checkpoint, weights=args.weights,
-        calibrate_on=calibrate_on, data_root=root,
+        calibrate_on=calibrate_on, data_root=root, onnx=args.onnx,
+        alpha_range=tuple(args.alpha_range),
     )
     print(json.dumps(info))
 

@@ -1,4 +1,5 @@
-"""Publish weights to the Hugging Face Hub: config.json, model.safetensors and the model card.
+"""Publish weights to the Hugging Face Hub: config.json, model.safetensors, the model card and, when it
+matches the weights, model.onnx.
 
 Uses ``TiramisuNet.push_to_hub`` (huggingface_hub's PyTorchModelHubMixin), with ``model_card.md`` as
 the repo's README.md. ``--dry-run DIR`` writes exactly the files that would be uploaded and touches no
@@ -14,14 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 
+from bgremove_plugin.errors import BackendUnavailableError
 from bgremove_plugin.hub import DEFAULT_WEIGHTS_DIR, WEIGHTS_NAME, build_from_folder
 from bgremove_plugin.model import TiramisuNet
+from bgremove_plugin.onnx_backend import ONNX_NAME, OnnxNet, weights_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED_CARD_FIELDS = ("license", "library_name", "pipeline_tag", "tags", "datasets", "model-index")
@@ -54,18 +58,43 @@ def stage(weights_dir: Path, card_path: Path, out: Path) -> list[str]:
     card = load_card(card_path)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, model_card_kwargs={"card_text": str(card)})
+    onnx_file = matching_onnx(weights_dir)
+    if onnx_file is not None:
+        shutil.copy(onnx_file, out / ONNX_NAME)
     return sorted(p.name for p in out.iterdir())
+
+
+def matching_onnx(weights_dir: Path) -> Path | None:
+    """The folder's ``model.onnx`` if it was exported from these very weights (a stale one is never uploaded)."""
+    path = weights_dir / ONNX_NAME
+    if not path.is_file():
+        return None
+    try:
+        recorded = OnnxNet(path).fingerprint
+    except BackendUnavailableError:
+        return None
+    return path if recorded == weights_fingerprint(build_from_folder(weights_dir)) else None
 
 
 def publish(repo_id: str, weights_dir: Path, card_path: Path, *, private: bool, branch: str | None, token: str | None) -> str:
     model = load_for_upload(weights_dir)
     card = load_card(card_path)
-    return str(
+    commit = str(
         model.push_to_hub(
             repo_id, private=private, branch=branch, token=token, commit_message="Upload bgremove weights",
             model_card_kwargs={"card_text": str(card)},
         )
     )
+    onnx_file = matching_onnx(weights_dir)
+    if onnx_file is not None:
+        from huggingface_hub import HfApi
+
+        # The mixin uploads config, weights and card; the ONNX graph rides along for backend="onnx".
+        commit = str(HfApi(token=token).upload_file(
+            path_or_fileobj=str(onnx_file), path_in_repo=ONNX_NAME, repo_id=repo_id, revision=branch,
+            commit_message="Upload the ONNX export of the weights",
+        ))
+    return commit
 
 
 def main(argv: list[str] | None = None) -> None:

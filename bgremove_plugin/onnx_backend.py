@@ -1,0 +1,190 @@
+"""ONNX Runtime inference for a ``TiramisuNet``: the faster CPU path (extra ``bgremove_plugin[onnx]``).
+
+The network is exported once per set of weights with dynamic batch, height and width, and the file is
+reused: first a ``model.onnx`` shipped or published next to the weights, then the user cache
+(``$BGREMOVE_CACHE``, else ``$XDG_CACHE_HOME/bgremove``, else ``~/.cache/bgremove``). A file is used only
+if its recorded fingerprint equals the weights' own, so stale exports are never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+
+from .errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    from .model import TiramisuNet
+
+__all__ = [
+    "ONNX_NAME",
+    "Backend",
+    "OnnxNet",
+    "export_onnx",
+    "onnx_cache_dir",
+    "onnx_for",
+    "weights_fingerprint",
+]
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "torch", "onnx"]
+ONNX_NAME = "model.onnx"
+FINGERPRINT_KEY = "bgremove_weights_sha256"
+_INSTALL_HINT = "install the extra: pip install 'bgremove_plugin[onnx]' (onnxruntime, onnx, onnxscript)"
+
+_sessions: dict[tuple[str, int], OnnxNet] = {}
+_sessions_lock = threading.Lock()
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported ONNX files are kept between processes."""
+    explicit = os.environ.get("BGREMOVE_CACHE")
+    if explicit:
+        return Path(explicit).expanduser() / "onnx"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bgremove" / "onnx"
+
+
+def weights_fingerprint(net: TiramisuNet) -> str:
+    """SHA-256 of the float32 weights and their names, which fix the graph: equal fingerprints, equal outputs.
+    (Preprocessing settings such as ``input_size`` live outside the exported graph.)"""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _PersonProbability(torch.nn.Module):
+    """What the exported graph computes: the person-class probability, (N, 1, H, W)."""
+
+    def __init__(self, net: TiramisuNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).float().softmax(dim=1)[:, 1:2]
+
+
+def export_onnx(net: TiramisuNet, path: Path) -> Path:
+    """Write ``net`` as ONNX with dynamic batch/height/width and its weights' fingerprint in the metadata.
+
+    Raises:
+        BackendUnavailableError: the exporter's packages (onnx, onnxscript) are missing.
+    """
+    try:
+        import onnx  # type: ignore[import-untyped,unused-ignore]
+    except ImportError as exc:
+        raise BackendUnavailableError(f"exporting to ONNX needs the onnx package; {_INSTALL_HINT}") from exc
+    import copy
+
+    fingerprint = weights_fingerprint(net)
+    # A channels_last copy (what the torch backend uses on CPU) would trace stride guards into the graph.
+    plain = copy.deepcopy(net).to("cpu", torch.float32).to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    module = _PersonProbability(plain.eval()).eval()
+    side = 2 * net.pad_multiple
+    example = torch.rand(1, 3, side, side)
+    dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        tmp = Path(scratch) / path.name
+        with warnings.catch_warnings():
+            # The exporter is chatty about optional torchvision ops and tracing details that do not apply here.
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            try:
+                torch.onnx.export(
+                    module, (example,), str(tmp), dynamo=True, input_names=["image"], output_names=["person"],
+                    dynamic_shapes={"x": dims}, external_data=False, verbose=False,
+                )
+            except ImportError as exc:
+                raise BackendUnavailableError(f"the ONNX exporter needs onnxscript; {_INSTALL_HINT}") from exc
+        model = onnx.load(str(tmp))
+        entry = model.metadata_props.add()
+        entry.key, entry.value = FINGERPRINT_KEY, fingerprint
+        onnx.save(model, str(tmp))
+        tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
+    log.info("exported ONNX model to %s", path)
+    return path
+
+
+class OnnxNet:
+    """An ONNX Runtime session that maps a normalised (N, 3, H, W) batch to person probabilities (N, H, W)."""
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort  # type: ignore[import-untyped,unused-ignore]
+        except ImportError as exc:
+            raise BackendUnavailableError(f"backend='onnx' needs onnxruntime; {_INSTALL_HINT}") from exc
+        options = ort.SessionOptions()
+        # Respect the caller's torch.set_num_threads so both backends use the same cores.
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.path = path
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.fingerprint: str | None = self.session.get_modelmeta().custom_metadata_map.get(FINGERPRINT_KEY)
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:  # one run at a time per session keeps the thread budget predictable
+            (probabilities,) = self.session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.asarray(probabilities)[:, 0]
+
+
+def _matching(path: Path, fingerprint: str, threads: int) -> OnnxNet | None:
+    if not path.is_file():
+        return None
+    try:
+        candidate = OnnxNet(path, threads=threads)
+    except BackendUnavailableError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; a bad file is re-exported
+        log.warning("ignoring unreadable ONNX file %s: %s", path, exc)
+        return None
+    if candidate.fingerprint != fingerprint:
+        log.info("ignoring %s: exported from other weights", path)
+        return None
+    return candidate
+
+
+def onnx_for(net: TiramisuNet, *, weights_dir: Path | None = None, threads: int | None = None) -> OnnxNet:
+    """The ONNX Runtime twin of ``net``: a matching ``model.onnx`` next to the weights, else the cached
+    export, else a fresh export into the cache. Sessions are shared within the process.
+
+    Raises:
+        BackendUnavailableError: onnxruntime (or, when an export is needed, onnx/onnxscript) is missing.
+    """
+    try:
+        import onnxruntime  # type: ignore[import-untyped,unused-ignore]  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailableError(f"backend='onnx' needs onnxruntime; {_INSTALL_HINT}") from exc
+    n_threads = threads or torch.get_num_threads()
+    fingerprint = weights_fingerprint(net)
+    key = (fingerprint, n_threads)
+    with _sessions_lock:
+        cached = _sessions.get(key)
+        if cached is not None:
+            return cached
+        candidates = [weights_dir / ONNX_NAME] if weights_dir is not None else []
+        cache_path = onnx_cache_dir() / f"tiramisu-{fingerprint[:20]}.onnx"
+        found = None
+        for path in [*candidates, cache_path]:
+            found = _matching(path, fingerprint, n_threads)
+            if found is not None:
+                break
+        if found is None:
+            export_onnx(net, cache_path)
+            found = OnnxNet(cache_path, threads=n_threads)
+        _sessions[key] = found
+        return found
+

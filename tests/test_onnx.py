@@ -1,0 +1,119 @@
+"""The ONNX Runtime backend: agreement with PyTorch, export caching, and choosing/falling back."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bgremove_plugin import BackendUnavailableError, BackgroundRemover, load_model
+from bgremove_plugin.hub import DEFAULT_WEIGHTS_DIR
+from bgremove_plugin.transforms import prepare_batch
+
+from .conftest import FIXTURES, PORTRAIT, shared_data_root
+
+pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+onnx_backend = pytest.importorskip("bgremove_plugin.onnx_backend")
+
+
+def real_photos() -> list[Image.Image]:
+    photos = [Image.open(p).convert("RGB") for p in (PORTRAIT, FIXTURES / "chelsea.jpg", FIXTURES / "coffee.jpg")]
+    ccp = shared_data_root() / "ccp" / "images"
+    if ccp.is_dir():
+        photos += [Image.open(p).convert("RGB") for p in sorted(ccp.glob("*.jpg"))[:4]]
+    return photos
+
+
+@pytest.fixture(autouse=True)
+def fresh_sessions() -> None:
+    onnx_backend._sessions.clear()
+
+
+def test_onnx_and_torch_probabilities_agree_on_real_photos() -> None:
+    net = load_model(None, device="cpu")
+    runner = onnx_backend.onnx_for(net, weights_dir=DEFAULT_WEIGHTS_DIR)
+    photos = real_photos()
+    # One at a time and as a padded batch of mixed sizes: both must match to 1e-4.
+    for chunk in [[p] for p in photos] + [photos[:3]]:
+        batch, _ = prepare_batch(chunk, long_side=net.input_size, multiple=net.pad_multiple, mean=net.mean, std=net.std)
+        with torch.inference_mode():
+            expected = net(batch).float().softmax(dim=1)[:, 1].numpy()
+        got = runner(batch.numpy())
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-4
+
+
+def test_the_shipped_onnx_file_was_exported_from_the_shipped_weights() -> None:
+    shipped = onnx_backend.OnnxNet(DEFAULT_WEIGHTS_DIR / onnx_backend.ONNX_NAME)
+    assert shipped.fingerprint == onnx_backend.weights_fingerprint(load_model(None, device="cpu")), (
+        "bgremove_plugin/weights/model.onnx is stale: re-export it with python -m train.export ... --onnx"
+    )
+
+
+def test_default_remover_uses_the_shipped_file_without_exporting(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the shipped model.onnx should have been used")
+
+    monkeypatch.setattr(onnx_backend, "export_onnx", no_export)
+    assert BackgroundRemover(device="cpu").backend == "torch", "auto is PyTorch, measured the faster"
+    remover = BackgroundRemover(device="cpu", backend="onnx")
+    assert remover.backend == "onnx"
+    assert remover._onnx is not None and remover._onnx.path == DEFAULT_WEIGHTS_DIR / onnx_backend.ONNX_NAME
+
+
+def test_backends_give_the_same_cutout() -> None:
+    photo = Image.open(PORTRAIT)
+    by_torch = np.asarray(BackgroundRemover(device="cpu", backend="torch").remove(photo), dtype=np.int16)
+    by_onnx = np.asarray(BackgroundRemover(device="cpu", backend="onnx").remove(photo), dtype=np.int16)
+    # Probabilities agree to 1e-4, so the 8-bit alpha and colours differ by at most one rounding step.
+    assert np.abs(by_torch - by_onnx).max() <= 1
+
+
+def test_new_weights_are_exported_once_and_then_reused(
+    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BGREMOVE_CACHE", str(tmp_path / "cache"))
+    # The torch backend turns the shared model channels_last on the CPU; exporting it must still work.
+    BackgroundRemover(tiny_weights, device="cpu", backend="torch")
+    first = BackgroundRemover(tiny_weights, device="cpu", backend="onnx")
+    exported = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(exported) == 1 and first._onnx is not None and first._onnx.path == exported[0]
+
+    onnx_backend._sessions.clear()
+    monkeypatch.setattr(onnx_backend, "export_onnx", lambda *a, **k: pytest.fail("exported twice"))
+    second = BackgroundRemover(tiny_weights, device="cpu", backend="onnx")
+    assert second._onnx is not None and second._onnx.path == exported[0]
+
+
+def test_a_stale_onnx_file_next_to_the_weights_is_ignored(
+    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BGREMOVE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "weights"
+    shutil.copytree(tiny_weights, folder)
+    shutil.copy(DEFAULT_WEIGHTS_DIR / onnx_backend.ONNX_NAME, folder / onnx_backend.ONNX_NAME)  # other weights' graph
+    remover = BackgroundRemover(folder, device="cpu", backend="onnx")
+    assert remover._onnx is not None and remover._onnx.path.parent == tmp_path / "cache" / "onnx"
+    photo = Image.open(PORTRAIT)
+    torch_alpha = np.asarray(BackgroundRemover(folder, device="cpu", backend="torch").remove(photo, return_mask=True))
+    onnx_alpha = np.asarray(remover.remove(photo, return_mask=True))
+    assert np.abs(torch_alpha.astype(int) - onnx_alpha.astype(int)).max() <= 1
+
+
+def test_without_the_extra_onnx_fails_clearly_and_auto_still_works(
+    tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes "import onnxruntime" raise ImportError
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'bgremove_plugin\[onnx\]'"):
+        BackgroundRemover(tiny_weights, device="cpu", backend="onnx")
+    assert BackgroundRemover(tiny_weights, device="cpu").backend == "torch"
+
+
+def test_an_unknown_backend_is_refused(tiny_weights: Path) -> None:
+    with pytest.raises(ValueError, match="backend must be"):
+        BackgroundRemover(tiny_weights, device="cpu", backend="tensorrt")  # type: ignore[arg-type]
