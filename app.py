@@ -7,6 +7,7 @@ GRADIO_SERVER_NAME / GRADIO_SERVER_PORT); the same file runs as a Hugging Face S
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +24,8 @@ MAX_PIXELS = int(os.environ.get("BGREMOVE_MAX_PIXELS", "40000000"))
 MAX_FILE_SIZE = os.environ.get("BGREMOVE_MAX_FILE_SIZE", "30mb")
 EXAMPLES = [str(p) for p in sorted((Path(__file__).parent / "examples").glob("*.jpg"))]
 BACKGROUNDS = ["transparent", "colour", "blurred original", "image"]
+# Matting is offered only where its extra (pymatting) is installed, e.g. on the Space (requirements.txt).
+EDGES = ["guided", "none"] + (["matting"] if importlib.util.find_spec("pymatting") else [])
 
 # Loaded once at start-up and shared by every request; inference holds no per-request state.
 remover = BackgroundRemover(device=os.environ.get("BGREMOVE_DEVICE", "auto"))
@@ -53,7 +56,8 @@ def cut_out(
     background: str,
     colour: str | None,
     backdrop: Image.Image | None,
-    refine_edges: bool = True,
+    edges: str = "guided",
+    decontaminate: bool = False,
 ) -> tuple[Image.Image, Image.Image, str]:
     """Run one request: returns the result, the mask and the path of the PNG to download."""
     if photo is None:
@@ -63,8 +67,10 @@ def cut_out(
             f"That photo has {photo.width * photo.height / 1e6:.0f} megapixels; this demo accepts up to "
             f"{MAX_PIXELS / 1e6:.0f}. Please resize it and try again."
         )
+    if edges not in EDGES:
+        raise gr.Error(f"Edges must be one of {', '.join(EDGES)}.")
     try:
-        cutout = remover.remove(photo, refine="guided" if refine_edges else "none", decontaminate=refine_edges)
+        cutout = remover.remove(photo, refine=edges, decontaminate=decontaminate)  # type: ignore[arg-type]
     except InvalidImageError as exc:
         raise gr.Error(str(exc)) from exc
     mask = cutout.getchannel("A")
@@ -87,9 +93,13 @@ with gr.Blocks(title="bgremove: remove the background from photos of people") as
             background = gr.Radio(BACKGROUNDS, value="transparent", label="Background")
             colour = gr.ColorPicker(value="#ffffff", label="Background colour (for 'colour')")
             backdrop = gr.Image(type="pil", label="Background image (for 'image')")
-            refine_edges = gr.Checkbox(
-                value=True, label="Refine edges (follow the photo's edges; remove the old background's tint)"
+            edges = gr.Radio(
+                EDGES,
+                value="guided",
+                label="Edges: guided follows the photo's edges; none is plain upsampling; matting solves soft "
+                "hair and cloth edges (about a second more)",
             )
+            decontaminate = gr.Checkbox(value=False, label="Remove the old background's tint from soft edges (slower)")
             submit = gr.Button("Remove background", variant="primary", elem_id="submit")
         with gr.Column():
             result = gr.Image(type="pil", label="Result", format="png", image_mode=None, elem_id="result")
@@ -99,7 +109,7 @@ with gr.Blocks(title="bgremove: remove the background from photos of people") as
         gr.Examples(EXAMPLES, inputs=[photo])
     submit.click(
         cut_out,
-        inputs=[photo, background, colour, backdrop, refine_edges],
+        inputs=[photo, background, colour, backdrop, edges, decontaminate],
         outputs=[result, mask, download],
         api_name="remove",
     )

@@ -1,14 +1,15 @@
 """Time each edge-refinement mode on one photo: what it adds on top of the network's forward pass.
 
 Run: python benchmarks/refine.py [--size 1024x768] [--repeats 30] [--threads 2]
-Prints, per mode, the median and p95 milliseconds of turning the network's working-resolution map into
-the full-resolution alpha, and of the colour decontamination that follows by default (the forward pass
-itself, the same for every mode, is printed once).
+Prints, per mode (none, guided, matting when pymatting is installed), the median and p95 milliseconds
+of turning the network's working-resolution map into the full-resolution alpha, and of the opt-in colour
+decontamination (the forward pass itself, the same for every mode, is printed once).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import time
@@ -45,20 +46,26 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     width, height = (int(v) for v in args.size.lower().split("x"))
     photo = Image.open(PHOTO).convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
-    net = BackgroundRemover(device="cpu").model
+    remover = BackgroundRemover(device="cpu")
+    net = remover.model
     batch, valid = prepare_batch(
         [photo], long_side=net.input_size, multiple=net.pad_multiple, mean=net.mean, std=net.std
     )
+    low_end, high_end = net.alpha_range
     with torch.inference_mode():
-        forward = _timed(lambda: net(batch), args.repeats)
-        probability = net(batch).float().softmax(dim=1)[0, 1]
+        forward = _timed(lambda: remover._person_probability(batch), args.repeats)
+        probability = ((remover._person_probability(batch)[0] - low_end) / (high_end - low_end)).clamp(0, 1)
     low = probability[: valid[0][1], : valid[0][0]].numpy()
     guided_alpha = guided_upsample(low, photo)
     modes = {
         "none (bilinear)": lambda: probability_to_mask(probability, valid[0], photo.size),
         "guided": lambda: guided_upsample(low, photo),
-        "decontaminate (after either)": lambda: estimate_foreground(photo, guided_alpha),
     }
+    if importlib.util.find_spec("pymatting") is not None:
+        from bgremove_plugin.matting import matte
+
+        modes["matting"] = lambda: matte(low, photo)
+    modes["decontaminate (after guided)"] = lambda: estimate_foreground(photo, guided_alpha)
     report = {
         "photo": f"{width}x{height}",
         "threads": torch.get_num_threads(),

@@ -148,7 +148,8 @@ class BackgroundRemover:
         batch_size: images per forward pass when a list is processed. 1 by default: on CPUs the
             memory-bound network ran slower per image in batches of 4 (209-234 vs 142-151 ms); raise
             it on a GPU.
-        refine: the default edge refinement, ``"guided"`` or ``"none"``; each call may override it.
+        refine: the default edge refinement, ``"guided"``, ``"none"`` or ``"matting"``; each call may
+            override it.
         backend: ``"auto"`` (default; PyTorch, the faster here), ``"torch"`` or ``"onnx"`` (ONNX
             Runtime on the CPU; needs the ``[onnx]`` extra, else raises). The chosen one is in ``.backend``.
 
@@ -172,6 +173,10 @@ class BackgroundRemover:
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
         self.refine = check_refine(refine)
+        if self.refine == "matting":
+            from .matting import require_pymatting
+
+            require_pymatting()
         self.device = resolve_device(device)
         if isinstance(model, TiramisuNet):
             self.model = model.to(self.device).eval()
@@ -208,6 +213,10 @@ class BackgroundRemover:
     @torch.inference_mode()
     def _masks_of(self, loaded: Sequence[Image.Image], refine: Refine | None = None) -> list[Image.Image]:
         mode = self.refine if refine is None else check_refine(refine)
+        if mode == "matting":
+            from .matting import require_pymatting
+
+            require_pymatting()  # before any work, not after the first forward pass
         net = self.model
         masks: list[Image.Image] = []
         for start in range(0, len(loaded), self.batch_size):
@@ -219,9 +228,13 @@ class BackgroundRemover:
             low, high = net.alpha_range
             probabilities = ((self._person_probability(batch) - low) / (high - low)).clamp_(0.0, 1.0)
             for i, photo in enumerate(rgb):
+                width, height = valid[i]
                 if mode == "guided":
-                    width, height = valid[i]
                     masks.append(guided_upsample(probabilities[i, :height, :width].cpu().numpy(), photo))
+                elif mode == "matting":
+                    from .matting import matte
+
+                    masks.append(matte(probabilities[i, :height, :width].cpu().numpy(), photo))
                 else:
                     masks.append(probability_to_mask(probabilities[i], valid[i], photo.size))
         return masks
@@ -315,10 +328,12 @@ def remove_background(
         return_mask: return the 'L' alpha mask instead of a cut-out.
         threshold: binarise the mask at this probability instead of keeping soft edges.
         refine: how the network's low-resolution map becomes a full-resolution alpha: ``"guided"``
-            (default; a guided filter makes edges follow the photo's) or ``"none"`` (bilinear).
+            (default; a guided filter makes edges follow the photo's colours), ``"none"`` (bilinear) or
+            ``"matting"`` (closed-form matting in a band around the outline; about a second per photo;
+            needs ``bgremove_plugin[matting]``).
         decontaminate: where alpha is partial, replace the photo's colours by the person's own
             estimated colours, so no tint of the old background (halo) shows on a new one. Off by
-            default: it costs about as much as inference (about 120 ms per 1024x768 photo on 2 cores).
+            default: it costs about as much as inference (about 130 ms per 1024x768 photo on 2 cores).
         backend: ``"auto"`` (PyTorch), ``"torch"`` or ``"onnx"`` (ONNX Runtime on the CPU; needs
             ``bgremove_plugin[onnx]``).
 
@@ -328,7 +343,8 @@ def remove_background(
 
     Raises:
         InvalidImageError: the input is not a readable image.
-        BackendUnavailableError: ``backend="onnx"`` without the ``[onnx]`` extra or off the CPU.
+        BackendUnavailableError: ``backend="onnx"`` without the ``[onnx]`` extra or off the CPU, or
+            ``refine="matting"`` without the ``[matting]`` extra.
 
     Example:
         >>> from bgremove_plugin import remove_background

@@ -64,9 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, help="hard mask: binarise the alpha at this probability (0-1)")
     parser.add_argument(
         "--refine",
-        choices=["guided", "none"],
+        choices=["guided", "none", "matting"],
         default="guided",
-        help="edges: guided (default; follow the photo's edges) or none (plain bilinear upsampling)",
+        help="edges: guided (default; follow the photo's edges), none (plain bilinear upsampling) or "
+        "matting (closed-form matting around the outline; about 1 s per photo; needs bgremove_plugin[matting])",
     )
     parser.add_argument(
         "--decontaminate",

@@ -22,4 +22,5 @@ class DeviceUnavailableError(BgRemoveError, RuntimeError):
 
 
 class BackendUnavailableError(BgRemoveError, RuntimeError):
-    """An explicitly requested inference backend (``onnx``) cannot run: its extra is not installed."""
+    """An explicitly requested optional engine cannot run: ``backend="onnx"`` without onnxruntime, or
+    ``refine="matting"`` without pymatting (their extras are not installed)."""

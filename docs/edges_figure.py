@@ -1,7 +1,8 @@
-"""Draw docs/edges.png: one crop around hair and shoulders, cut out three ways, on a new background.
+"""Draw docs/edges.png: one crop around hair and shoulders, cut out four ways, on a new background.
 
-Run: python docs/edges_figure.py [photo] [--box left,top,right,bottom]
-Panels: bilinear upsampling; guided filter; guided filter + colour decontamination (the default).
+Run: python docs/edges_figure.py [photo] [--box left,top,right,bottom]   (matting needs pymatting)
+Panels: bilinear upsampling; the guided filter (the default); closed-form matting; matting with colour
+decontamination.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from bgremove_plugin import BackgroundRemover
 HERE = Path(__file__).resolve().parent
 BACKDROP = (40, 90, 200)  # a saturated blue shows both a grey halo and lost hair
 PANELS = (
-    ("bilinear", {"refine": "none", "decontaminate": False}),
-    ("guided", {"refine": "guided", "decontaminate": False}),
-    ("guided + decontaminated", {"refine": "guided", "decontaminate": True}),
+    ("none (bilinear)", {"refine": "none"}),
+    ("guided (default)", {"refine": "guided"}),
+    ("matting", {"refine": "matting"}),
+    ("matting + decontaminate", {"refine": "matting", "decontaminate": True}),
 )
 
 

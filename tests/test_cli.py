@@ -132,3 +132,13 @@ def test_backend_option_selects_the_engine(tiny_weights: Path, tmp_path: Path, c
         main([str(PORTRAIT), "--backend", "tensorrt"])
     assert usage.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_matting_refinement_from_the_command_line(tiny_weights: Path, tmp_path: Path) -> None:
+    pytest.importorskip("pymatting", reason="the [matting] extra is not installed")
+    out = tmp_path / "matted.png"
+    small = tmp_path / "small.jpg"
+    Image.open(PORTRAIT).resize((128, 128)).save(small)
+    assert main([str(small), "-o", str(out), "--model", str(tiny_weights), "--device", "cpu", "--refine", "matting"]) == 0
+    result = Image.open(out)
+    assert result.mode == "RGBA" and result.size == (128, 128)

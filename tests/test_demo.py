@@ -108,11 +108,18 @@ def client(demo_url: str) -> Any:
 
 
 def _call(
-    client: Any, photo: Path, background: str = "transparent", colour: str = "#ffffff", refine_edges: bool = True
+    client: Any,
+    photo: Path,
+    background: str = "transparent",
+    colour: str = "#ffffff",
+    edges: str = "guided",
+    decontaminate: bool = False,
 ) -> Any:
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(photo)), background, colour, None, refine_edges, api_name="/remove")
+    return client.predict(
+        handle_file(str(photo)), background, colour, None, edges, decontaminate, api_name="/remove"
+    )
 
 
 def test_client_gets_an_rgba_cutout_of_the_input_size(client: Any) -> None:
@@ -132,12 +139,19 @@ def test_client_gets_an_rgba_cutout_of_the_input_size(client: Any) -> None:
     assert 0.15 < (alpha > 127).mean() < 0.9
 
 
-def test_client_can_turn_edge_refinement_off(client: Any) -> None:
-    _, refined_path, _ = _call(client, PORTRAIT)
-    _, plain_path, _ = _call(client, PORTRAIT, refine_edges=False)
-    with Image.open(refined_path) as refined, Image.open(plain_path) as plain:
-        assert refined.size == plain.size
-        assert not np.array_equal(np.asarray(refined.convert("L")), np.asarray(plain.convert("L")))
+def test_client_can_choose_the_edges_and_decontamination(client: Any) -> None:
+    masks = {}
+    for edges in ("guided", "none", "matting"):
+        _, mask_path, _ = _call(client, PORTRAIT, edges=edges)
+        with Image.open(mask_path) as mask:
+            masks[edges] = np.asarray(mask.convert("L"))
+    assert masks["guided"].shape == masks["none"].shape == masks["matting"].shape
+    assert not np.array_equal(masks["guided"], masks["none"])
+    assert not np.array_equal(masks["guided"], masks["matting"])
+    plain_result, _, _ = _call(client, PORTRAIT)
+    clean_result, _, _ = _call(client, PORTRAIT, decontaminate=True)
+    with Image.open(plain_result) as plain, Image.open(clean_result) as clean:
+        assert not np.array_equal(np.asarray(plain), np.asarray(clean))
 
 
 def test_client_puts_the_person_on_a_colour(client: Any) -> None:

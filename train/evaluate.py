@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--out", type=Path, help="write per_image.csv, summary.json and worst_<model>.png here")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--refine", default="guided", choices=["guided", "none"], help="edge refinement for our models")
+    parser.add_argument("--refine", default="guided", choices=["guided", "none", "matting"], help="edge refinement for our models")
     parser.add_argument("--input-size", type=int, help="run our models at this long side instead of their config's")
     args = parser.parse_args(argv)
 
