@@ -173,7 +173,7 @@ def load_model(
     source: str | Path | None = None,
     *,
     revision: str | None = None,
-    device: str | torch.device | None = "cpu",
+    device: str | torch.device | None = "auto",
     local_files_only: bool = False,
     cache_dir: str | Path | None = None,
     token: str | bool | None = None,
@@ -183,7 +183,8 @@ def load_model(
     Args:
         source: ``None`` for the weights inside the package, a local folder, or a Hub repo id.
         revision: Hub branch, tag or commit (Hub ids only).
-        device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``; an unavailable accelerator raises.
+        device: ``"auto"`` (default, as in ``remove_background``: CUDA, then MPS, then CPU), ``"cpu"``,
+            ``"cuda"`` or ``"mps"``; an unavailable accelerator raises.
         local_files_only: never touch the network; read only the Hugging Face cache.
         cache_dir: Hugging Face cache folder (default: ``HF_HOME``'s).
         token: Hub token for private repos.
