@@ -78,6 +78,22 @@ def test_split_is_70_20_10_disjoint_and_seeded() -> None:
     assert split_samples(samples, seed=1)["test"] != splits["test"]
 
 
+def test_a_grown_source_keeps_its_split_and_splits_only_the_newcomers(tmp_path: Path) -> None:
+    from train.train import dataset_splits
+
+    folder = make_folder_source(tmp_path, count=10)
+    first = {k: [s.stem for s in v] for k, v in dataset_splits(folder, "grow", 0, tmp_path / "splits").items()}
+    source = make_folder_source(tmp_path / "more", count=20)  # 20 photos, the first 10 the same names
+    for sub in ("images", "masks"):
+        for path in sorted((source / sub).iterdir())[10:]:
+            path.rename(folder / sub / path.name)
+    grown = {k: [s.stem for s in v] for k, v in dataset_splits(folder, "grow", 0, tmp_path / "splits").items()}
+    for split in ("train", "val", "test"):
+        assert grown[split][: len(first[split])] == first[split], "listed photos never move"
+    assert sorted(stem for names in grown.values() for stem in names) == [f"{i:03d}" for i in range(20)]
+    assert [len(grown[k]) - len(first[k]) for k in ("train", "val", "test")] == [7, 2, 1]
+
+
 def test_committed_ccp_split_lists_cover_the_data(data_root: Path) -> None:
     from train.train import SPLIT_DIR
 

@@ -96,7 +96,8 @@ class TrainConfig:
 # CCP photos keep the largest share of each epoch (with NEGATIVES: CCP 50%, portraits 30%, no-person scenes 20%).
 PSEUDO_LABELLED_PEOPLE = [
     SourceConfig("people/interfaces_cc0", weight=3.0, masks="train/pseudo_labels/interfaces_cc0", validate=False, ignore_band=0.2),
-    SourceConfig("people/congress_pd", weight=1.5, masks="train/pseudo_labels/congress_pd", validate=False, ignore_band=0.2),
+    # 400 labelled (280 in train) since epoch 41, at half the weight the first 200 had: the same share, more faces.
+    SourceConfig("people/congress_pd", weight=0.75, masks="train/pseudo_labels/congress_pd", validate=False, ignore_band=0.2),
 ]
 
 
@@ -166,12 +167,25 @@ def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
 def dataset_splits(
     folder: Path, name: str, seed: int, split_dir: Path = SPLIT_DIR, masks_dir: Path | None = None
 ) -> dict[str, list[Sample]]:
-    """The 70/20/10 split of a folder source; committed split lists win over recomputing."""
+    """The 70/20/10 split of a folder source; committed split lists win over recomputing.
+
+    A source that has grown since its lists were written (more pseudo-labelled photos) keeps every listed
+    photo where it was: only the newcomers are split, by the same rule, and appended to the lists, so no
+    validation or test photo ever moves into training.
+    """
     samples = folder_samples(folder, masks_dir)
     lists = {split: split_dir / f"{name}_{split}.txt" for split in ("train", "val", "test")}
     if all(p.exists() for p in lists.values()):
         by_stem = {s.stem: s for s in samples}
-        return {split: [by_stem[stem] for stem in read_split_list(p)] for split, p in lists.items()}
+        stems = {split: read_split_list(p) for split, p in lists.items()}
+        listed = {stem for names in stems.values() for stem in names}
+        newcomers = [s for s in samples if s.stem not in listed]
+        if newcomers:
+            for split, extra in split_samples(newcomers, seed=seed).items():
+                stems[split] += [s.stem for s in extra]
+                lists[split].write_text("".join(f"{stem}\n" for stem in stems[split]))
+            log.info("%s: %d new photos split and appended to %s", name, len(newcomers), split_dir)
+        return {split: [by_stem[stem] for stem in names] for split, names in stems.items()}
     splits = split_samples(samples, seed=seed)
     write_split_lists(splits, split_dir, name)
     return splits
