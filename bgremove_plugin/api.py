@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageChops, ImageColor, ImageOps, UnidentifiedImageError
 
 from .errors import BackendUnavailableError, InvalidImageError
-from .hub import DEFAULT_WEIGHTS_DIR, load_model, resolve_device
+from .hub import DEFAULT_WEIGHTS_DIR, load_model, published_onnx, resolve_device
 from .model import TiramisuNet
 from .onnx_backend import Backend, OnnxNet, onnx_for
 from .refine import Refine, check_refine, estimate_foreground, guided_upsample
@@ -183,13 +183,15 @@ class BackgroundRemover:
         else:
             self.model = load_model(model, revision=revision, device=self.device)
         self.batch_size = batch_size
-        self._onnx = self._onnx_runner(backend, model)
+        self._onnx = self._onnx_runner(backend, model, revision)
         self.backend: Backend = "onnx" if self._onnx is not None else "torch"
         if self.backend == "torch" and self.device.type == "cpu":
             # Measured on 2 cores at 224x192: 185-243 ms contiguous, 138-143 ms channels_last (same outputs).
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
-    def _onnx_runner(self, backend: Backend, model: str | Path | TiramisuNet | None) -> OnnxNet | None:
+    def _onnx_runner(
+        self, backend: Backend, model: str | Path | TiramisuNet | None, revision: str | None
+    ) -> OnnxNet | None:
         # "auto" is PyTorch: with channels_last it ran the default network 8% faster than ONNX Runtime
         # on 2 cores (142-151 vs 155-164 ms per 224x192 photo; benchmarks/speed.py), and needs no extra.
         if backend != "onnx":
@@ -198,12 +200,15 @@ class BackgroundRemover:
             raise BackendUnavailableError(
                 f"backend='onnx' runs on the CPU, but device is {self.device}; use device='cpu' or backend='torch'"
             )
+        weights_dir: Path | None = None
         if model is None:
-            weights_dir: Path | None = DEFAULT_WEIGHTS_DIR
-        elif not isinstance(model, TiramisuNet) and Path(model).expanduser().is_dir():
-            weights_dir = Path(model).expanduser()
-        else:
-            weights_dir = None
+            weights_dir = DEFAULT_WEIGHTS_DIR
+        elif not isinstance(model, TiramisuNet):
+            if Path(model).expanduser().is_dir():
+                weights_dir = Path(model).expanduser()
+            else:  # a Hub id: its published graph, if any (its fingerprint is still checked before use)
+                published = published_onnx(str(model), revision)
+                weights_dir = published.parent if published is not None else None
         return onnx_for(self.model, weights_dir=weights_dir)
 
     def predict_masks(self, images: Sequence[ImageInput], *, refine: Refine | None = None) -> list[Image.Image]:

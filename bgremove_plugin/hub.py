@@ -117,6 +117,19 @@ def _download(
     return Path(paths[0]).parent
 
 
+def published_onnx(repo_id: str, revision: str | None) -> Path | None:
+    """The ``model.onnx`` published beside a Hub repo's weights (downloaded once into the HF cache), or
+    None when the repo has none or it cannot be fetched: the caller then exports the weights itself."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, "model.onnx", revision=revision, library_name="bgremove_plugin"))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
+        log.info("no published model.onnx for %s (%s); exporting the weights instead", repo_id, exc)
+        return None
+
+
 def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_NAME
     if not path.is_file():

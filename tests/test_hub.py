@@ -56,7 +56,7 @@ def hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("hub")
     repo = root / "mirrors" / "models" / REPO_ID
     repo.mkdir(parents=True)
-    for name in ("config.json", "model.safetensors"):
+    for name in ("config.json", "model.safetensors", "model.onnx"):
         shutil.copy(DEFAULT_WEIGHTS_DIR / name, repo / name)
     _git("init", "-q", "-b", "main", cwd=repo)
     _git("add", ".", cwd=repo)
@@ -124,6 +124,33 @@ def test_load_by_repo_id_then_offline_from_the_cache(hub_server: str, tmp_path: 
     offline = _load_in_subprocess({"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}, hf_home, tmp_path / "offline.npy")
     assert offline == online
     np.testing.assert_array_equal(np.load(tmp_path / "offline.npy"), expected)
+
+
+ONNX_LOADER = textwrap.dedent(
+    """
+    import json, sys
+    from bgremove_plugin import BackgroundRemover
+    from bgremove_plugin import onnx_backend
+    exported = []
+    onnx_backend.export_onnx = lambda *args, **kwargs: exported.append(args)
+    remover = BackgroundRemover(sys.argv[1], device="cpu", backend="onnx")
+    print(json.dumps({"onnx": str(remover._onnx.path), "exported": len(exported)}))
+    """
+)
+
+
+def test_the_onnx_backend_uses_the_graph_published_with_the_weights(hub_server: str, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    hf_home = tmp_path / "hf_home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update({"HF_HOME": str(hf_home), "HF_HUB_DISABLE_TELEMETRY": "1", "HF_ENDPOINT": hub_server})
+    result = subprocess.run(
+        [sys.executable, "-c", ONNX_LOADER, REPO_ID], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["exported"] == 0, "the published model.onnx should have been used, not a fresh export"
+    assert Path(report["onnx"]).is_relative_to(hf_home) and Path(report["onnx"]).name == "model.onnx"
 
 
 def test_revision_is_honoured(hub_server: str, tmp_path: Path) -> None:
