@@ -294,6 +294,10 @@ def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None
     weight_key = next(k for k in raw if k.endswith(".weight"))
     torch.testing.assert_close(exported[weight_key], raw[weight_key].float())
 
+    # The threshold is fitted on the run's own validation photos (the synthetic source here, not CCP).
+    info = export(run_dir, tmp_path / "calibrated", calibrate_on=tmp_path, split_dir=tmp_path / "splits")
+    assert 0.0 < info["calibration"]["threshold"] < 1.0  # type: ignore[index]
+
 
 def test_calibration_moves_the_decision_point_to_the_best_threshold() -> None:
     from bgremove_plugin.model import TiramisuNet

@@ -45,12 +45,23 @@ def _weights_from_training_state(path: Path, which: str) -> dict[str, Any]:
     }
 
 
-def _calibrate(model: TiramisuNet, data_root: Path) -> dict[str, float]:
+def _calibrate(model: TiramisuNet, data_root: Path, run_dir: Path, split_dir: Path | None) -> dict[str, float]:
+    """Fit the decision threshold on the run's validation photos (its sources with ``validate=True``)."""
     from .calibrate import best_threshold, shift_person_logit
     from .data import load_set
-    from .train import SPLIT_DIR, dataset_splits, predict_probabilities
+    from .train import SPLIT_DIR, SourceConfig, TrainConfig, config_from_dict, predict_probabilities, source_splits
 
-    val = load_set(dataset_splits(data_root / "ccp", "ccp", 0, SPLIT_DIR)["val"])
+    config_path = run_dir / "config.json"
+    cfg = config_from_dict(json.loads(config_path.read_text())) if config_path.exists() else TrainConfig(
+        sources=[SourceConfig("ccp")]
+    )
+    samples = [
+        sample
+        for source in cfg.sources
+        if source.validate
+        for sample in source_splits(source, cfg.split_seed, data_root, split_dir or SPLIT_DIR)["val"]
+    ]
+    val = load_set(samples)
     probabilities = predict_probabilities(model.eval(), val.images, torch.device("cpu"))
     threshold, iou, iou_at_half = best_threshold(probabilities, val.masks)
     shift_person_logit(model, threshold)
@@ -91,7 +102,7 @@ def export(
         cfg = config_from_dict(saved["config"])
         photos = calibration_images(cfg, data_root, split_dir or SPLIT_DIR)
         model = recalibrate_batchnorm(model, photos, torch.device("cpu"))
-    calibration = _calibrate(model, calibrate_on) if calibrate_on else None
+    calibration = _calibrate(model, calibrate_on, run_dir, split_dir) if calibrate_on else None
     if fp16:
         # Halves the wheel; load_state_dict casts back to float32 when the package loads it.
         model = model.half()
@@ -121,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fp16", action="store_true", help="store weights as float16")
     parser.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
     parser.add_argument("--weights", default="ema", choices=["ema", "model"], help="with last.pt: EMA or raw weights")
-    parser.add_argument("--calibrate", action="store_true", help="fit the decision threshold on the CCP validation split")
+    parser.add_argument("--calibrate", action="store_true", help="fit the decision threshold on the run's validation split")
     parser.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE, metavar=("LOW", "HIGH"),
                         help="probabilities at or below LOW give alpha 0, at or above HIGH alpha 1 (default 0.2 0.8)")
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs bgremove_plugin[onnx])")
