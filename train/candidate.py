@@ -1,0 +1,82 @@
+"""Check a checkpoint before shipping it: export it, then measure it where the shipped weights are judged.
+
+Examples:
+    python -m train.candidate --run-dir train/runs/cpu-fcdn56 --out /tmp/candidate            # best.pt
+    python -m train.candidate --run-dir train/runs/cpu-fcdn56 --checkpoint last.pt --out /tmp/c41
+    python -m train.candidate --weights bgremove_plugin/weights --out /tmp/shipped               # the baseline
+
+Writes ``<out>/weights`` (float32, threshold calibrated on the run's validation split) and
+``<out>/summary.json``, and prints one table: CCP test, coco128 people and held-out portraits (against the
+teacher's labels) with the default refinement, plus the mean alpha on the two photos without people that
+``tests/test_api.py`` guards (``tests/fixtures/coffee.jpg`` must stay under 0.25). Copying a candidate
+into the package is a separate, deliberate step: ``python -m train.export ... --fp16 --calibrate --onnx``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .evaluate import build_predictor, score, select, summarise
+from .export import export
+from .sources import data_root
+
+REPO = Path(__file__).resolve().parents[1]
+NO_PERSON_PHOTOS = ("tests/fixtures/coffee.jpg", "tests/fixtures/chelsea.jpg")
+SETS = {
+    # name: (source folder under the data root, split, pseudo-label set or None, people only)
+    "ccp_test": ("ccp", "test", None, False),
+    "coco128_people": ("coco128", "all", None, True),
+    "portraits_vs_teacher": ("people/interfaces_cc0", "val", "train/pseudo_labels/interfaces_cc0", False),
+}
+
+
+def measure(weights: Path, root: Path) -> dict[str, object]:
+    """Mean IoU / boundary F / MAE on each set and the mean alpha on each no-person photo."""
+    predict = build_predictor(str(weights))
+    report: dict[str, object] = {}
+    for name, (source, split, masks, people_only) in SETS.items():
+        samples = select(root / source, split, REPO / masks / "masks" if masks else None)
+        summary = summarise(score(predict, samples, people_only=people_only))
+        report[name] = {key: summary[key] for key in ("images", "iou", "boundary_f", "mae")}
+    report["no_person_mean_alpha"] = {
+        Path(photo).name: round(float(np.mean(predict(REPO / photo))), 4) for photo in NO_PERSON_PHOTOS
+    }
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", type=Path, help="a training run; its --checkpoint is exported first")
+    source.add_argument("--weights", type=Path, help="an existing weights folder, measured as it is")
+    parser.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt (raw weights)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data-root", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    root = args.data_root or data_root()
+    args.out.mkdir(parents=True, exist_ok=True)
+    info: dict[str, object] = {}
+    weights = args.weights
+    if args.run_dir is not None:
+        weights = args.out / "weights"
+        info = export(
+            args.run_dir, weights, checkpoint=args.checkpoint, weights="model", calibrate_on=root, data_root=root
+        )
+    report = {"checkpoint": info, **measure(weights, root)}
+    (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    print("| set | images | mean IoU | boundary F | MAE |\n|---|---|---|---|---|")
+    for name in SETS:
+        row = report[name]
+        assert isinstance(row, dict)
+        print(f"| {name} | {row['images']} | {row['iou']} | {row['boundary_f']} | {row['mae']} |")
+    print(f"no-person photos, mean alpha: {report['no_person_mean_alpha']}")
+
+
+if __name__ == "__main__":
+    main()
