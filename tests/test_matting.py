@@ -90,3 +90,11 @@ def test_without_pymatting_matting_fails_clearly(monkeypatch: pytest.MonkeyPatch
     remover = BackgroundRemover(tiny_weights, device="cpu")  # type: ignore[arg-type]
     with pytest.raises(BackendUnavailableError, match="pymatting"):
         remover.remove(Image.open(PORTRAIT), refine="matting")
+
+
+def test_matting_prints_nothing(tiny_weights: object, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("pymatting", reason="the [matting] extra is not installed")
+    # Random tiny weights give a ragged trimap on which pymatting's factorisation retries (and prints).
+    remover = BackgroundRemover(tiny_weights, device="cpu", refine="matting")  # type: ignore[arg-type]
+    remover.remove(Image.open(PORTRAIT).resize((128, 128)))
+    assert capsys.readouterr().out == ""
