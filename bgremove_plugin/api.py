@@ -15,6 +15,7 @@ from PIL import Image, ImageChops, ImageColor, ImageOps, UnidentifiedImageError
 
 from .errors import BackendUnavailableError, InvalidImageError
 from .hub import DEFAULT_WEIGHTS_DIR, load_model, published_onnx, resolve_device
+from .matting import matte, require_pymatting
 from .model import TiramisuNet
 from .onnx_backend import Backend, OnnxNet, onnx_for
 from .refine import Refine, check_refine, estimate_foreground, guided_upsample
@@ -174,8 +175,6 @@ class BackgroundRemover:
             raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
         self.refine = check_refine(refine)
         if self.refine == "matting":
-            from .matting import require_pymatting
-
             require_pymatting()
         self.device = resolve_device(device)
         if isinstance(model, TiramisuNet):
@@ -219,8 +218,6 @@ class BackgroundRemover:
     def _masks_of(self, loaded: Sequence[Image.Image], refine: Refine | None = None) -> list[Image.Image]:
         mode = self.refine if refine is None else check_refine(refine)
         if mode == "matting":
-            from .matting import require_pymatting
-
             require_pymatting()  # before any work, not after the first forward pass
         net = self.model
         masks: list[Image.Image] = []
@@ -237,8 +234,6 @@ class BackgroundRemover:
                 if mode == "guided":
                     masks.append(guided_upsample(probabilities[i, :height, :width].cpu().numpy(), photo))
                 elif mode == "matting":
-                    from .matting import matte
-
                     masks.append(matte(probabilities[i, :height, :width].cpu().numpy(), photo))
                 else:
                     masks.append(probability_to_mask(probabilities[i], valid[i], photo.size))
