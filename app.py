@@ -16,9 +16,10 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
-from PIL import Image, ImageColor, ImageFilter, ImageOps
+from PIL import Image, ImageFilter
 
 from bgremove_plugin import BackgroundRemover, InvalidImageError
+from bgremove_plugin.api import compose, load_image
 
 MAX_PIXELS = int(os.environ.get("BGREMOVE_MAX_PIXELS", "40000000"))
 MAX_FILE_SIZE = os.environ.get("BGREMOVE_MAX_FILE_SIZE", "30mb")
@@ -31,23 +32,18 @@ EDGES = ["guided", "none"] + (["matting"] if importlib.util.find_spec("pymatting
 remover = BackgroundRemover(device=os.environ.get("BGREMOVE_DEVICE", "auto"))
 
 
-def _backdrop_for(
-    cutout: Image.Image, background: str, colour: str | None, backdrop: Image.Image | None
-) -> Image.Image | None:
-    """The opaque image to put behind the cut-out, or None to keep it transparent."""
+def _background_for(
+    photo: Image.Image, background: str, colour: str | None, backdrop: Image.Image | None
+) -> str | Image.Image | None:
+    """What the library's ``background=`` gets for the chosen option (None keeps the cut-out transparent)."""
     if background == "colour":
-        try:
-            rgb = ImageColor.getrgb(colour or "#ffffff")[:3]
-        except ValueError as exc:
-            raise gr.Error(f"Could not read the colour {colour!r}; pick one with the colour picker.") from exc
-        return Image.new("RGBA", cutout.size, rgb)
+        return colour or "#ffffff"
     if background == "blurred original":
-        # Dropping alpha gives back the original pixels: the cut-out keeps them under a transparent alpha.
-        return cutout.convert("RGB").filter(ImageFilter.GaussianBlur(max(cutout.size) / 60)).convert("RGBA")
+        return photo.convert("RGB").filter(ImageFilter.GaussianBlur(max(photo.size) / 60))
     if background == "image":
         if backdrop is None:
             raise gr.Error("Choose a background image, or pick another background option.")
-        return ImageOps.fit(ImageOps.exif_transpose(backdrop).convert("RGBA"), cutout.size, Image.Resampling.LANCZOS)
+        return load_image(backdrop)
     return None
 
 
@@ -70,16 +66,19 @@ def cut_out(
     if edges not in EDGES:
         raise gr.Error(f"Edges must be one of {', '.join(EDGES)}.")
     try:
-        cutout = remover.remove(photo, refine=edges, decontaminate=decontaminate)  # type: ignore[arg-type]
+        oriented = load_image(photo)
+        # One forward pass: the mask is shown as well as used, so compose it here rather than calling remove twice.
+        mask = remover.predict_masks([oriented], refine=edges)[0]  # type: ignore[arg-type]
+        behind = _background_for(oriented, background, colour, backdrop)
+        result = compose(oriented, mask, background=behind, decontaminate=decontaminate)
     except InvalidImageError as exc:
         raise gr.Error(str(exc)) from exc
-    mask = cutout.getchannel("A")
-    behind = _backdrop_for(cutout, background, colour, backdrop)
-    result = cutout if behind is None else Image.alpha_composite(behind, cutout).convert("RGB")
+    except ValueError as exc:  # an unreadable colour
+        raise gr.Error(f"{exc}; pick one with the colour picker.") from exc
     handle, path = tempfile.mkstemp(prefix="cutout-", suffix=".png")
     os.close(handle)
     result.save(path)
-    return result, mask, path
+    return result, mask if result.mode != "RGBA" else result.getchannel("A"), path
 
 
 with gr.Blocks(title="bgremove: remove the background from photos of people") as demo:

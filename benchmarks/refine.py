@@ -51,10 +51,9 @@ def main() -> None:
     batch, valid = prepare_batch(
         [photo], long_side=net.input_size, multiple=net.pad_multiple, mean=net.mean, std=net.std
     )
-    low_end, high_end = net.alpha_range
     with torch.inference_mode():
         forward = _timed(lambda: remover._person_probability(batch), args.repeats)
-        probability = ((remover._person_probability(batch)[0] - low_end) / (high_end - low_end)).clamp(0, 1)
+        probability = net.probability_to_alpha(remover._person_probability(batch)[0])
     low = probability[: valid[0][1], : valid[0][0]].numpy()
     guided_alpha = guided_upsample(low, photo)
     modes = {

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageChops, ImageColor, ImageOps, UnidentifiedImageError
 
 from .errors import BackendUnavailableError, InvalidImageError
-from .hub import DEFAULT_WEIGHTS_DIR, load_model, published_onnx, resolve_device
+from .hub import load_model, onnx_folder, resolve_device
 from .matting import matte, require_pymatting
 from .model import TiramisuNet
 from .onnx_backend import Backend, OnnxNet, onnx_for
@@ -199,15 +199,7 @@ class BackgroundRemover:
             raise BackendUnavailableError(
                 f"backend='onnx' runs on the CPU, but device is {self.device}; use device='cpu' or backend='torch'"
             )
-        weights_dir: Path | None = None
-        if model is None:
-            weights_dir = DEFAULT_WEIGHTS_DIR
-        elif not isinstance(model, TiramisuNet):
-            if Path(model).expanduser().is_dir():
-                weights_dir = Path(model).expanduser()
-            else:  # a Hub id: its published graph, if any (its fingerprint is still checked before use)
-                published = published_onnx(str(model), revision)
-                weights_dir = published.parent if published is not None else None
+        weights_dir = None if isinstance(model, TiramisuNet) else onnx_folder(model, revision)
         return onnx_for(self.model, weights_dir=weights_dir)
 
     def predict_masks(self, images: Sequence[ImageInput], *, refine: Refine | None = None) -> list[Image.Image]:
@@ -227,8 +219,7 @@ class BackgroundRemover:
             batch, valid = prepare_batch(
                 rgb, long_side=net.input_size, multiple=net.pad_multiple, mean=net.mean, std=net.std
             )
-            low, high = net.alpha_range
-            probabilities = ((self._person_probability(batch) - low) / (high - low)).clamp_(0.0, 1.0)
+            probabilities = net.probability_to_alpha(self._person_probability(batch))
             for i, photo in enumerate(rgb):
                 width, height = valid[i]
                 if mode == "guided":

@@ -117,16 +117,28 @@ def _download(
     return Path(paths[0]).parent
 
 
-def published_onnx(repo_id: str, revision: str | None) -> Path | None:
-    """The ``model.onnx`` published beside a Hub repo's weights (downloaded once into the HF cache), or
-    None when the repo has none or it cannot be fetched: the caller then exports the weights itself."""
+def _local_folder(source: str | Path | None) -> Path | None:
+    """The weights folder ``source`` names on disk (the embedded default for None), or None for a Hub id."""
+    if source is None:
+        return DEFAULT_WEIGHTS_DIR
+    path = Path(source).expanduser()
+    return path.resolve() if path.is_dir() else None
+
+
+def onnx_folder(source: str | Path | None, revision: str | None) -> Path | None:
+    """Where a ``model.onnx`` published with the weights ``load_model(source)`` loads would lie: the local
+    folder, or for a Hub id the cache folder it was downloaded into (None when the repo has none or it
+    cannot be fetched: the caller then exports the weights itself). Its fingerprint is checked before use."""
+    folder = _local_folder(source)
+    if folder is not None:
+        return folder
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(repo_id, "model.onnx", revision=revision, library_name="bgremove_plugin"))
+        return Path(hf_hub_download(str(source), "model.onnx", revision=revision, library_name="bgremove_plugin")).parent
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
-        log.info("no published model.onnx for %s (%s); exporting the weights instead", repo_id, exc)
+        log.info("no published model.onnx for %s (%s); exporting the weights instead", source, exc)
         return None
 
 
@@ -212,13 +224,8 @@ def load_model(
         True
     """
     torch_device = resolve_device(device)
-    if source is None:
-        folder, key = DEFAULT_WEIGHTS_DIR, "<default>"
-    elif Path(source).expanduser().is_dir():
-        folder = Path(source).expanduser().resolve()
-        key = str(folder)
-    else:
-        folder, key = None, str(source)
+    folder = _local_folder(source)
+    key = "<default>" if source is None else str(folder or source)
     cache_key = (key, revision, str(torch_device))
     with _cache_lock:
         cached = _cache.get(cache_key)

@@ -181,6 +181,11 @@ class TiramisuNet(
             return ModelCard(card_text)
         return super().generate_model_card(*args, **kwargs)
 
+    def probability_to_alpha(self, probability: torch.Tensor) -> torch.Tensor:
+        """Map person probabilities onto alpha through ``alpha_range`` (a new tensor, clamped to [0, 1])."""
+        low, high = self.alpha_range
+        return ((probability - low) / (high - low)).clamp(0.0, 1.0)
+
     def _init_weights(self) -> None:
         # He-uniform, as in the paper's reference implementation.
         for module in self.modules():

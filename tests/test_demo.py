@@ -114,11 +114,13 @@ def _call(
     colour: str = "#ffffff",
     edges: str = "guided",
     decontaminate: bool = False,
+    backdrop: Path | None = None,
 ) -> Any:
     from gradio_client import handle_file
 
+    behind = handle_file(str(backdrop)) if backdrop is not None else None
     return client.predict(
-        handle_file(str(photo)), background, colour, None, edges, decontaminate, api_name="/remove"
+        handle_file(str(photo)), background, colour, behind, edges, decontaminate, api_name="/remove"
     )
 
 
@@ -163,6 +165,29 @@ def test_client_puts_the_person_on_a_colour(client: Any) -> None:
     background = pixels[alpha == 0]
     assert len(background) > 0
     assert np.abs(background - [0, 255, 0]).max() <= 2
+
+
+def test_client_puts_the_person_on_an_image_or_the_blurred_original(client: Any, tmp_path: Path) -> None:
+    red = tmp_path / "red.png"
+    Image.new("RGB", (300, 200), (255, 0, 0)).save(red)
+    _, mask_path, on_red_path = _call(client, PORTRAIT, background="image", backdrop=red)
+    _, _, blurred_path = _call(client, PORTRAIT, background="blurred original")
+    with Image.open(mask_path) as mask, Image.open(on_red_path) as on_red, Image.open(blurred_path) as blurred:
+        alpha = np.asarray(mask.convert("L"))
+        on_red_pixels = np.asarray(on_red.convert("RGB")).astype(int)
+        blurred_pixels = np.asarray(blurred.convert("RGB")).astype(int)
+    with Image.open(PORTRAIT) as photo:
+        original = np.asarray(photo.convert("RGB")).astype(int)
+    assert on_red_pixels.shape == blurred_pixels.shape == original.shape
+    assert np.abs(on_red_pixels[alpha == 0] - [255, 0, 0]).max() <= 2
+    person = alpha == 255
+    assert np.abs(on_red_pixels[person] - original[person]).max() <= 2
+    assert np.abs(blurred_pixels[person] - original[person]).max() <= 2
+    # the background is the photo itself, softened: close in colour on average, not pixel for pixel
+    changed = np.abs(blurred_pixels[alpha == 0] - original[alpha == 0]).mean()
+    assert 2 < changed < 40
+    with pytest.raises(Exception, match="background image"):
+        _call(client, PORTRAIT, background="image")
 
 
 def test_client_is_told_when_a_photo_is_too_large(client: Any, tmp_path: Path) -> None:
