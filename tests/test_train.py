@@ -14,7 +14,7 @@ from PIL import Image
 pytest.importorskip("pycocotools", reason="training tests need the [train] extra (pycocotools)")
 
 from bgremove_plugin import BackgroundRemover, load_model
-from train.data import IGNORE_LABEL, AugmentConfig, augment
+from train.data import IGNORE_LABEL, AugmentConfig, EpochSampler, LoadedSet, TrainingStream, augment, crowd_scene
 from train.export import export
 from train.metrics import boundary_f_score, mean_absolute_error, person_iou
 from train.sources import Sample, coco_person_images, export_coco_folder, folder_samples, split_samples
@@ -144,6 +144,45 @@ def test_portrait_crops_enlarge_the_person() -> None:
     share_portrait = np.mean([augment(image, person, portrait, np.random.default_rng(s))[1].mean() for s in range(10)])
     share_scene = np.mean([augment(image, person, scene, np.random.default_rng(s))[1].mean() for s in range(10)])
     assert share_portrait > 1.5 * share_scene
+
+
+def _red_person(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    person = np.zeros((height, width), dtype=np.uint8)
+    person[10 : height - 10, width // 3 : 2 * width // 3] = 255
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[person > 0] = (255, 0, 0)
+    return image, person
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_crowd_scenes_label_exactly_the_pasted_people(seed: int) -> None:
+    background = np.zeros((200, 300, 3), dtype=np.uint8)
+    background[...] = (0, 0, 255)
+    people = [_red_person(160, 90) for _ in range(3)]
+    scene, mask = crowd_scene(people, background, np.random.default_rng(seed))
+    assert scene.shape == background.shape and mask.shape == background.shape[:2]
+    red = scene[..., 0].astype(int) > scene[..., 2].astype(int)
+    assert (red == (mask > 127)).mean() > 0.99
+    person_height = np.nonzero((mask > 127).any(axis=1))[0]
+    assert 0 < len(person_height) and (mask > 127).mean() < 0.5  # small people, not the whole frame
+
+
+def test_crowds_replace_only_draws_of_human_labelled_people() -> None:
+    image, mask = _red_person(160, 90)
+    people = LoadedSet(["p"], [image], [mask], name="people")
+    empty = LoadedSet(["e"], [np.zeros_like(image)], [np.zeros_like(mask)], name="empty")
+    background = np.zeros((200, 300, 3), dtype=np.uint8)
+    cfg = AugmentConfig(patch_size=64, input_size=96, portrait_prob=0.0, crowd_prob=1.0, composite_prob=0.0)
+    crowds = TrainingStream(EpochSampler([people, empty], seed=0), 0, 40, cfg, [background])
+    plain = TrainingStream(EpochSampler([people, empty], seed=0), 0, 40, dataclasses.replace(cfg, crowd_prob=0.0), [background])
+    assert [s.name for s in crowds.crowd_sets] == ["people"]
+    for i, (set_id, _) in enumerate(crowds.draws):
+        crowd_mask, plain_mask = crowds[i][1], plain[i][1]
+        if set_id == 1:
+            assert torch.equal(crowd_mask, plain_mask) and not crowd_mask.any()
+        else:
+            # the same photo, pasted small: a smaller share of the crop is person
+            assert crowd_mask.float().mean() < plain_mask.float().mean() or not plain_mask.any()
 
 
 def test_person_iou_edge_cases() -> None:

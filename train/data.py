@@ -6,6 +6,7 @@ resumed run sees exactly the samples and augmentations it would have seen withou
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,9 @@ class AugmentConfig:
     """Share of crops framed head-to-waist, turning full-body photos into portraits."""
     composite_prob: float = 0.3
     """Share of samples whose person is pasted onto a photo without people."""
+    crowd_prob: float = 0.0
+    """Share of the draws from human-labelled sets with people replaced by a scene of 1-4 small people pasted onto a photo without people (coco128's
+    busy scenes are mostly people under 20% of the frame; the human-labelled photos hold one large person)."""
     flip_prob: float = 0.5
     grayscale_prob: float = 0.08
     blur_prob: float = 0.15
@@ -110,6 +114,47 @@ def _composite(image: np.ndarray, mask: np.ndarray, background: np.ndarray, rng:
     # A one-pixel feather hides the label's jagged superpixel edge without inventing hair detail.
     alpha = np.asarray(Image.fromarray(mask).filter(ImageFilter.GaussianBlur(1.0)), dtype=np.float32)[..., None] / 255.0
     return (image.astype(np.float32) * alpha + bg_array * (1.0 - alpha)).round().astype(np.uint8)
+
+
+def _person_cutout(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    ys, xs = np.nonzero(mask > 127)
+    if len(ys) == 0:
+        return None
+    return image[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+def crowd_scene(
+    people: Sequence[tuple[np.ndarray, np.ndarray]], background: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``background`` with each of ``people`` (image, 0-255 mask) cut out, scaled to 15-70% of its height and
+    pasted standing at a random place; later people occlude earlier ones. Returns the scene and its mask."""
+    canvas = background.astype(np.float32)
+    height, width = background.shape[:2]
+    scene_mask = np.zeros((height, width), dtype=np.float32)
+    for image, mask in people:
+        cutout = _person_cutout(image, mask)
+        if cutout is None:
+            continue
+        part, part_mask = cutout
+        scale = height * rng.uniform(0.15, 0.7) / part.shape[0]
+        size = (max(1, round(part.shape[1] * scale)), max(1, round(part.shape[0] * scale)))
+        part = np.asarray(Image.fromarray(part).resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+        alpha = np.asarray(
+            Image.fromarray(part_mask).resize(size, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(0.7)),
+            dtype=np.float32,
+        ) / 255.0
+        # Feet land anywhere in the lower 60% of the frame, sometimes below it (people cut by the border).
+        left = int(rng.integers(-size[0] // 3, max(1, width - size[0] * 2 // 3)))
+        top = round(height * rng.uniform(0.4, 1.15)) - size[1]
+        y0, y1 = max(top, 0), min(top + size[1], height)
+        x0, x1 = max(left, 0), min(left + size[0], width)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        window = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+        a = alpha[window][..., None]
+        canvas[y0:y1, x0:x1] = part[window] * a + canvas[y0:y1, x0:x1] * (1.0 - a)
+        scene_mask[y0:y1, x0:x1] = np.maximum(scene_mask[y0:y1, x0:x1], alpha[window])
+    return canvas.round().astype(np.uint8), (scene_mask * 255).round().astype(np.uint8)
 
 
 def _crop_box(mask: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> tuple[float, float, float, float]:
@@ -218,6 +263,10 @@ class TrainingStream(torch.utils.data.Dataset):
         self.epoch = epoch
         self.cfg = cfg
         self.backgrounds = backgrounds
+        # Crowds take people with hard human labels only: a teacher's soft edges would need their ignore band.
+        self.crowd_sets = [
+            s for s in self.sets if s.ignore_band == 0 and any(m.max() > 127 for m in s.masks)
+        ] if cfg.crowd_prob > 0 else []
 
     def __len__(self) -> int:
         return len(self.draws)
@@ -226,5 +275,22 @@ class TrainingStream(torch.utils.data.Dataset):
         set_id, index = self.draws[i]
         rng = np.random.default_rng((self.seed, self.epoch, i))
         chosen = self.sets[set_id]
-        image, mask = augment(chosen.images[index], chosen.masks[index], self.cfg, rng, self.backgrounds, chosen.ignore_band)
+        # Drawn only when enabled, so runs without crowds keep their exact sample streams.
+        crowd_draw = self.cfg.crowd_prob > 0 and self.backgrounds and any(chosen is s for s in self.crowd_sets)
+        if crowd_draw and rng.random() < self.cfg.crowd_prob:
+            image, mask = self._crowd(self.crowd_sets, rng)
+            # The scene already has its background and its people are small: no re-compositing or portrait framing.
+            scene_cfg = dataclasses.replace(self.cfg, composite_prob=0.0, portrait_prob=0.0)
+            image, mask = augment(image, mask, scene_cfg, rng)
+        else:
+            image, mask = augment(chosen.images[index], chosen.masks[index], self.cfg, rng, self.backgrounds, chosen.ignore_band)
         return torch.from_numpy(normalize(image, self.cfg.mean, self.cfg.std)), torch.from_numpy(mask.astype(np.int64))
+
+    def _crowd(self, sets: Sequence[LoadedSet], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        count = int(rng.choice([1, 2, 3, 4], p=[0.35, 0.3, 0.2, 0.15]))
+        people = []
+        for _ in range(count):
+            source = sets[int(rng.integers(len(sets)))]
+            k = int(rng.integers(len(source.images)))
+            people.append((source.images[k], source.masks[k]))
+        return crowd_scene(people, self.backgrounds[int(rng.integers(len(self.backgrounds)))], rng)

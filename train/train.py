@@ -343,7 +343,6 @@ class Trainer:
         )
         self.epoch = 0
         self.best_iou = -1.0
-        self.selection_rule = f"val_iou if empty_alpha < {cfg.max_empty_alpha}"
         self.samples_seen = 0
         self.train_seconds = 0.0
 
@@ -364,6 +363,8 @@ class Trainer:
             val_samples = val_samples[: cfg.val_limit]
         self.val = load_set(val_samples, long_side=cfg.cache_long_side, name="val")
         self.val_empty = load_set(empty_val_samples, long_side=cfg.cache_long_side, name="val_empty")
+        # The val set's size is part of the rule: a best measured on fewer photos is not comparable.
+        self.selection_rule = f"val_iou on {len(val_samples)} photos if empty_alpha < {cfg.max_empty_alpha}"
         self.sampler = EpochSampler(train_sets, cfg.seed)
         # BatchNorm statistics come from every source in its training share, so portraits count too.
         shares = calibration_shares([len(s.images) for s in train_sets], [s.weight for s in train_sets], cfg.bn_calibration_images)
