@@ -42,7 +42,8 @@ def measure(weights: Path, root: Path) -> dict[str, object]:
     for name, (source, split, masks, people_only) in SETS.items():
         samples = select(root / source, split, REPO / masks / "masks" if masks else None)
         summary = summarise(score(predict, samples, people_only=people_only))
-        report[name] = {key: summary[key] for key in ("images", "iou", "boundary_f", "mae")}
+        keys = ("images", "iou", "boundary_f", "mae", "share_iou_below_0.5", "by_person_area")
+        report[name] = {key: summary[key] for key in keys}
     report["no_person_mean_alpha"] = {
         Path(photo).name: round(float(np.mean(predict(REPO / photo))), 4) for photo in NO_PERSON_PHOTOS
     }
@@ -70,11 +71,15 @@ def main(argv: list[str] | None = None) -> None:
         )
     report = {"checkpoint": info, **measure(weights, root)}
     (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    print("| set | images | mean IoU | boundary F | MAE |\n|---|---|---|---|---|")
+    print("| set | images | mean IoU | boundary F | MAE | IoU < 0.5 | IoU by person area |\n|---|---|---|---|---|---|---|")
     for name in SETS:
         row = report[name]
         assert isinstance(row, dict)
-        print(f"| {name} | {row['images']} | {row['iou']} | {row['boundary_f']} | {row['mae']} |")
+        areas = " / ".join(f"{label} {bucket['iou']}" for label, bucket in row["by_person_area"].items())
+        print(
+            f"| {name} | {row['images']} | {row['iou']} | {row['boundary_f']} | {row['mae']} | "
+            f"{row['share_iou_below_0.5']:.0%} | {areas} |"
+        )
     print(f"no-person photos, mean alpha: {report['no_person_mean_alpha']}")
 
 
