@@ -252,6 +252,22 @@ def test_resumed_run_continues_exactly(tmp_path: Path) -> None:
     assert (tmp_path / "resumed" / "best.pt").exists()
 
 
+def test_a_best_measured_on_another_val_set_size_is_not_kept_on_resume(tmp_path: Path) -> None:
+    first = _trainer(tmp_path, "run", epochs=1)
+    first.run(max_minutes=60)
+    state = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    assert state["best_iou"] >= 0.0
+    same = _trainer(tmp_path, "run", epochs=2)
+    same.load(state)
+    assert same.best_iou == state["best_iou"]
+    fewer = Trainer(
+        dataclasses.replace(same.cfg, val_limit=1), tmp_path / "run", torch.device("cpu"), tmp_path,
+        split_dir=tmp_path / "splits",
+    )
+    fewer.load(state)
+    assert len(fewer.val.images) == 1 and fewer.best_iou == -1.0
+
+
 def test_pseudo_labelled_source_trains_but_stays_out_of_validation(tmp_path: Path) -> None:
     human = make_folder_source(tmp_path)
     photos = tmp_path / "people" / "images"
