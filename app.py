@@ -70,15 +70,18 @@ def cut_out(
         # One forward pass: the mask is shown as well as used, so compose it here rather than calling remove twice.
         mask = remover.predict_masks([oriented], refine=edges)[0]  # type: ignore[arg-type]
         behind = _background_for(oriented, background, colour, backdrop)
-        result = compose(oriented, mask, background=behind, decontaminate=decontaminate)
     except InvalidImageError as exc:
         raise gr.Error(str(exc)) from exc
-    except ValueError as exc:  # an unreadable colour
+    try:
+        result = compose(oriented, mask, background=behind, decontaminate=decontaminate)
+    except ValueError as exc:  # the only option compose can refuse here is an unreadable colour
         raise gr.Error(f"{exc}; pick one with the colour picker.") from exc
+    if result.mode == "RGBA":  # a transparent cut-out: show its alpha, which keeps the input's own transparency
+        mask = result.getchannel("A")
     handle, path = tempfile.mkstemp(prefix="cutout-", suffix=".png")
     os.close(handle)
     result.save(path)
-    return result, mask if result.mode != "RGBA" else result.getchannel("A"), path
+    return result, mask, path
 
 
 with gr.Blocks(title="bgremove: remove the background from photos of people") as demo:

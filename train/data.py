@@ -39,8 +39,9 @@ class AugmentConfig:
     composite_prob: float = 0.3
     """Share of samples whose person is pasted onto a photo without people."""
     crowd_prob: float = 0.0
-    """Share of the draws from human-labelled sets with people replaced by a scene of 1-4 small people pasted onto a photo without people (coco128's
-    busy scenes are mostly people under 20% of the frame; the human-labelled photos hold one large person)."""
+    """Share of the draws from human-labelled sets with people replaced by a scene of 1-4 small people pasted
+    onto a photo without people (coco128's busy scenes are mostly people under 20% of the frame; the
+    human-labelled photos hold one large person)."""
     flip_prob: float = 0.5
     grayscale_prob: float = 0.08
     blur_prob: float = 0.15
@@ -264,9 +265,13 @@ class TrainingStream(torch.utils.data.Dataset):
         self.cfg = cfg
         self.backgrounds = backgrounds
         # Crowds take people with hard human labels only: a teacher's soft edges would need their ignore band.
-        self.crowd_sets = [
-            s for s in self.sets if s.ignore_band == 0 and any(m.max() > 127 for m in s.masks)
-        ] if cfg.crowd_prob > 0 else []
+        crowd_ids = [
+            i for i, s in enumerate(self.sets) if s.ignore_band == 0 and any(m.max() > 127 for m in s.masks)
+        ] if cfg.crowd_prob > 0 and backgrounds else []
+        self.crowd_set_ids = frozenset(crowd_ids)
+        self.crowd_sets = [self.sets[i] for i in crowd_ids]
+        # The scene already has its background and its people are small: no re-compositing or portrait framing.
+        self.scene_cfg = dataclasses.replace(cfg, composite_prob=0.0, portrait_prob=0.0)
 
     def __len__(self) -> int:
         return len(self.draws)
@@ -276,21 +281,17 @@ class TrainingStream(torch.utils.data.Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, i))
         chosen = self.sets[set_id]
         # Drawn only when enabled, so runs without crowds keep their exact sample streams.
-        crowd_draw = self.cfg.crowd_prob > 0 and self.backgrounds and any(chosen is s for s in self.crowd_sets)
-        if crowd_draw and rng.random() < self.cfg.crowd_prob:
-            image, mask = self._crowd(self.crowd_sets, rng)
-            # The scene already has its background and its people are small: no re-compositing or portrait framing.
-            scene_cfg = dataclasses.replace(self.cfg, composite_prob=0.0, portrait_prob=0.0)
-            image, mask = augment(image, mask, scene_cfg, rng)
+        if set_id in self.crowd_set_ids and rng.random() < self.cfg.crowd_prob:
+            image, mask = augment(*self._crowd(rng), self.scene_cfg, rng)
         else:
             image, mask = augment(chosen.images[index], chosen.masks[index], self.cfg, rng, self.backgrounds, chosen.ignore_band)
         return torch.from_numpy(normalize(image, self.cfg.mean, self.cfg.std)), torch.from_numpy(mask.astype(np.int64))
 
-    def _crowd(self, sets: Sequence[LoadedSet], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _crowd(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         count = int(rng.choice([1, 2, 3, 4], p=[0.35, 0.3, 0.2, 0.15]))
         people = []
         for _ in range(count):
-            source = sets[int(rng.integers(len(sets)))]
+            source = self.crowd_sets[int(rng.integers(len(self.crowd_sets)))]
             k = int(rng.integers(len(source.images)))
             people.append((source.images[k], source.masks[k]))
         return crowd_scene(people, self.backgrounds[int(rng.integers(len(self.backgrounds)))], rng)
