@@ -4,7 +4,9 @@ The shared data does not travel to a lent GPU; a long-side-320 copy of CCP and c
 does, in the git-ignored ``data_cache/`` named in the device tool's ``carry``.
 
 Folders without masks/ (the photos behind the committed pseudo-labels) are copied image by image; their
-masks stay in ``train/pseudo_labels/`` and are resized to the copies when loaded.
+masks stay in ``train/pseudo_labels/`` and are resized to the copies when loaded. ``--only-with-masks``
+names such a pseudo-label folder: photos it has no mask for are never read in training, so they stay behind
+(what travels to the GPU machine is capped at 64 MiB, code and checkpoints included).
 
 Example:
     python -m train.cache --out data_cache --long-side 320 ccp coco128 people/interfaces_cc0 people/congress_pd
@@ -21,8 +23,11 @@ from PIL import Image
 from .sources import data_root
 
 
-def downscale_folder(source: Path, target: Path, long_side: int) -> int:
-    """Copy ``source`` at ``long_side``: image/mask pairs, or every image when it has no masks/ at all."""
+def downscale_folder(
+    source: Path, target: Path, long_side: int, *, quality: int = 92, only_stems: set[str] | None = None
+) -> int:
+    """Copy ``source`` at ``long_side``: image/mask pairs, or every image (of ``only_stems``, when given)
+    when it has no masks/ at all."""
     labelled = (source / "masks").is_dir()
     (target / "images").mkdir(parents=True, exist_ok=True)
     if labelled:
@@ -32,10 +37,12 @@ def downscale_folder(source: Path, target: Path, long_side: int) -> int:
         mask_path = source / "masks" / f"{image_path.stem}.png"
         if labelled and not mask_path.exists():
             continue
+        if only_stems is not None and image_path.stem not in only_stems:
+            continue
         image = Image.open(image_path).convert("RGB")
         scale = min(1.0, long_side / max(image.size))
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image.resize(size, Image.Resampling.LANCZOS).save(target / "images" / image_path.name, quality=92)
+        image.resize(size, Image.Resampling.LANCZOS).save(target / "images" / image_path.name, quality=quality)
         if labelled:
             Image.open(mask_path).convert("L").resize(size, Image.Resampling.BILINEAR).save(target / "masks" / mask_path.name)
         count += 1
@@ -47,11 +54,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sources", nargs="+", help="folder names under the data root")
     parser.add_argument("--out", type=Path, default=Path("data_cache"))
     parser.add_argument("--long-side", type=int, default=320)
+    parser.add_argument("--quality", type=int, default=92, help="JPEG quality of the copies")
+    parser.add_argument("--only-with-masks", action="append", default=[], metavar="NAME=MASK_DIR",
+                        help="copy only the photos of source NAME that MASK_DIR holds a mask for")
     parser.add_argument("--data-root", type=Path, default=None)
     args = parser.parse_args(argv)
     root = args.data_root or data_root()
+    mask_filters = dict(item.split("=", 1) for item in args.only_with_masks)
     for name in args.sources:
-        count = downscale_folder(root / name, args.out / name, args.long_side)
+        only = {p.stem for p in Path(mask_filters[name]).glob("*.png")} if name in mask_filters else None
+        count = downscale_folder(root / name, args.out / name, args.long_side, quality=args.quality, only_stems=only)
         print(f"{name}: {count} images -> {args.out / name}")
 
 

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import platform
 import random
 import subprocess
@@ -230,7 +231,8 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        # A copy of the tree without .git (a lent GPU machine) is told its commit by whoever sent it.
+        return os.environ.get("BGREMOVE_GIT_COMMIT", "unknown")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -533,6 +535,9 @@ def main(argv: list[str] | None = None) -> None:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
+    if device.type == "cuda":
+        # Training crops have one fixed shape, so cuDNN's per-shape algorithm search pays for itself.
+        torch.backends.cudnn.benchmark = True
     trainer = Trainer(cfg, run_dir, device, args.data_root or data_root(), args.split_dir)
     if checkpoint is not None:
         trainer.load(checkpoint)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One lent-GPU session of the gpu-fcdn56 run, on the device machine (train/README.md, "On a lent GPU").
+#   bash train/gpu_run.sh MINUTES [train.train options, e.g. the --set overrides of its first session]
+# The run starts from cpu-fcdn56's last checkpoint the first time, then resumes itself. Everything worth
+# keeping lands in $OUT: the log, and the run folder as a tar split under the 16 MiB-per-file limit of what
+# comes back. A hard timeout leaves time for the packing even if an epoch overruns.
+set -u
+minutes=${1:?minutes}
+shift
+run=train/runs/gpu-fcdn56
+out=${OUT:?OUT must name the folder that comes back}
+mkdir -p "$run"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/train.log"
+if [ ! -f "$run/last.pt" ]; then
+    cp train/runs/cpu-fcdn56/last.pt train/runs/cpu-fcdn56/metrics.jsonl train/runs/cpu-fcdn56/sessions.jsonl "$run/"
+fi
+limit=$(python3 -c "print(int($minutes * 60 + 75))")
+PYTHONUNBUFFERED=1 PYTHONPATH=. timeout "$limit" python3 -m train.train --run-dir "$run" --resume \
+    --data-root data_cache --device "${DEVICE:-cuda}" --max-minutes "$minutes" --epochs 100000 "$@" 2>&1 | tee -a "$out/train.log"
+last_grid=$(ls "$run/grids" 2>/dev/null | tail -1)
+[ -n "$last_grid" ] && cp "$run/grids/$last_grid" "$out/"
+tar -cf - -C train/runs --exclude grids --exclude '*.tmp' --exclude train.log gpu-fcdn56 | split -b 15M - "$out/gpu-fcdn56.tar.part-"
+ls -la "$out"
