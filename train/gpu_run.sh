@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One lent-GPU session of the gpu-fcdn56 run, on the device machine (train/README.md, "On a lent GPU").
 #   bash train/gpu_run.sh MINUTES [train.train options, e.g. the --set overrides of its first session]
-# The run starts from cpu-fcdn56's last checkpoint the first time, then resumes itself. Everything worth
-# keeping lands in $OUT: the log, and the run folder as a tar split under the 16 MiB-per-file limit of what
-# comes back. A hard timeout leaves time for the packing even if an epoch overruns.
+# It resumes train/runs/gpu-fcdn56, which must travel with the tree (commit it first: an untracked run folder
+# left on the machine by an earlier call is wiped by the next copy). Only START_FROM=<run> starts it anew
+# from that run's last checkpoint: a missing checkpoint never silently restarts from an older one.
+# Everything worth keeping lands in $OUT: the log, and the run folder as a tar split under the 16 MiB-per-file
+# limit of what comes back. A hard timeout leaves time for the packing even if an epoch overruns.
 set -u
 minutes=${1:?minutes}
 shift
@@ -11,8 +13,12 @@ run=train/runs/gpu-fcdn56
 out=${OUT:?OUT must name the folder that comes back}
 mkdir -p "$run"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/train.log"
-if [ ! -f "$run/last.pt" ]; then
-    cp train/runs/cpu-fcdn56/last.pt train/runs/cpu-fcdn56/metrics.jsonl train/runs/cpu-fcdn56/sessions.jsonl "$run/"
+if [ -n "${START_FROM:-}" ]; then
+    [ -f "$run/last.pt" ] && { echo "$run already holds a run; unset START_FROM to resume it" | tee -a "$out/train.log"; exit 2; }
+    cp "train/runs/$START_FROM/last.pt" "train/runs/$START_FROM/metrics.jsonl" "train/runs/$START_FROM/sessions.jsonl" "$run/"
+elif [ ! -f "$run/last.pt" ]; then
+    echo "$run/last.pt is missing: commit the run folder so it travels, or set START_FROM" | tee -a "$out/train.log"
+    exit 2
 fi
 limit=$(python3 -c "print(int($minutes * 60 + 75))")
 PYTHONUNBUFFERED=1 PYTHONPATH=. timeout "$limit" python3 -m train.train --run-dir "$run" --resume \
