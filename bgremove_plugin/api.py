@@ -151,8 +151,9 @@ class BackgroundRemover:
             it on a GPU.
         refine: the default edge refinement, ``"guided"``, ``"none"`` or ``"matting"``; each call may
             override it.
-        backend: ``"auto"`` (default; PyTorch, the faster here), ``"torch"`` or ``"onnx"`` (ONNX
-            Runtime on the CPU; needs the ``[onnx]`` extra, else raises). The chosen one is in ``.backend``.
+        backend: ``"auto"`` (default; PyTorch, no extra needed), ``"torch"`` or ``"onnx"`` (ONNX
+            Runtime on the CPU, the faster there at 320 px; needs the ``[onnx]`` extra, else raises).
+            The chosen one is in ``.backend``.
 
     Example:
         >>> remover = BackgroundRemover(device="cpu")
@@ -191,8 +192,9 @@ class BackgroundRemover:
     def _onnx_runner(
         self, backend: Backend, model: str | Path | TiramisuNet | None, revision: str | None
     ) -> OnnxNet | None:
-        # "auto" is PyTorch: with channels_last it ran the default network 8% faster than ONNX Runtime
-        # on 2 cores (142-151 vs 155-164 ms per 224x192 photo; benchmarks/speed.py), and needs no extra.
+        # "auto" is PyTorch, which needs no extra. It was 8% faster than ONNX Runtime at 224 px (142-151 vs
+        # 155-164 ms per 224x192 photo on 2 cores); at 320 px ONNX Runtime was 21% faster (benchmarks/speed.py,
+        # 2026-11-26), which the README states so that CPU users can choose it.
         if backend != "onnx":
             return None
         if self.device.type != "cpu":

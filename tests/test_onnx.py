@@ -60,7 +60,7 @@ def test_default_remover_uses_the_shipped_file_without_exporting(monkeypatch: py
         raise AssertionError("the shipped model.onnx should have been used")
 
     monkeypatch.setattr(onnx_backend, "export_onnx", no_export)
-    assert BackgroundRemover(device="cpu").backend == "torch", "auto is PyTorch, measured the faster"
+    assert BackgroundRemover(device="cpu").backend == "torch", "auto is PyTorch, which needs no extra"
     remover = BackgroundRemover(device="cpu", backend="onnx")
     assert remover.backend == "onnx"
     assert remover._onnx is not None and remover._onnx.path == DEFAULT_WEIGHTS_DIR / onnx_backend.ONNX_NAME

@@ -14,7 +14,16 @@ from PIL import Image
 pytest.importorskip("pycocotools", reason="training tests need the [train] extra (pycocotools)")
 
 from bgremove_plugin import BackgroundRemover, load_model
-from train.data import IGNORE_LABEL, AugmentConfig, EpochSampler, LoadedSet, TrainingStream, augment, crowd_scene
+from train.data import (
+    IGNORE_LABEL,
+    AugmentConfig,
+    EpochSampler,
+    LoadedSet,
+    TrainingStream,
+    augment,
+    closeup,
+    crowd_scene,
+)
 from train.export import export
 from train.metrics import boundary_f_score, mean_absolute_error, person_iou
 from train.sources import Sample, coco_person_images, export_coco_folder, folder_samples, split_samples
@@ -183,6 +192,38 @@ def test_crowds_replace_only_draws_of_human_labelled_people() -> None:
         else:
             # the same photo, pasted small: a smaller share of the crop is person
             assert crowd_mask.float().mean() < plain_mask.float().mean() or not plain_mask.any()
+
+
+def test_closeup_enlarges_one_window_of_the_photo() -> None:
+    # A horizontal ramp: a window of it, enlarged, spans a narrower range of values than the whole.
+    ramp = np.tile(np.linspace(0, 255, 300).astype(np.uint8)[None, :, None], (200, 1, 3))
+    for seed in range(5):
+        zoomed = closeup(ramp, np.random.default_rng(seed))
+        assert zoomed.shape == ramp.shape and zoomed.dtype == np.uint8
+        assert 0.15 * 255 < int(zoomed.max()) - int(zoomed.min()) < 0.55 * 255
+
+
+def test_closeups_change_only_photos_without_people() -> None:
+    image, mask = _red_person(160, 90)
+    people = LoadedSet(["p"], [image], [mask], name="people")
+    ramp = np.tile(np.linspace(0, 255, 90).astype(np.uint8)[None, :, None], (160, 1, 3))
+    empty = LoadedSet(["e"], [ramp], [np.zeros_like(mask)], name="empty")
+    cfg = AugmentConfig(patch_size=64, input_size=96, portrait_prob=0.0, composite_prob=0.0, color_jitter=0.0,
+                        noise_prob=0.0, blur_prob=0.0, grayscale_prob=0.0, closeup_prob=1.0)
+    zoomed = TrainingStream(EpochSampler([people, empty], seed=0), 0, 40, cfg, [])
+    plain = TrainingStream(EpochSampler([people, empty], seed=0), 0, 40, dataclasses.replace(cfg, closeup_prob=0.0), [])
+    zoomed_steps, plain_steps = [], []
+    for i, (set_id, _) in enumerate(zoomed.draws):
+        (zoomed_image, zoomed_mask), (plain_image, plain_mask) = zoomed[i], plain[i]
+        if set_id == 0:
+            assert torch.equal(zoomed_image, plain_image) and torch.equal(zoomed_mask, plain_mask)
+        else:
+            assert not zoomed_mask.any()
+            zoomed_steps.append(zoomed_image[0].diff(dim=1).abs().mean().item())
+            plain_steps.append(plain_image[0].diff(dim=1).abs().mean().item())
+    # The enlarged window's ramp is flatter: smaller steps between neighbouring columns, on average
+    # (single crops vary with scale jitter and the padding of crops past the photo's edge).
+    assert len(zoomed_steps) > 5 and np.mean(zoomed_steps) < 0.7 * np.mean(plain_steps)
 
 
 def test_person_iou_edge_cases() -> None:
@@ -435,3 +476,26 @@ def test_committed_pseudo_labels_match_their_photos(data_root: Path, name: str) 
         assert mask.mode == "L" and mask.size == Image.open(photo).size
         person = (np.asarray(mask) > 127).mean()
         assert 0.1 < person < 0.95, (photo.stem, person)
+
+
+def test_the_gpu_data_copy_is_downscaled_and_skips_unlabelled_photos(tmp_path: Path) -> None:
+    from train.cache import downscale_folder
+
+    labelled, unlabelled = tmp_path / "labelled", tmp_path / "unlabelled"
+    for folder in (labelled, unlabelled):
+        (folder / "images").mkdir(parents=True)
+    (labelled / "masks").mkdir()
+    for stem in ("a", "b"):
+        Image.new("RGB", (640, 480), (200, 10, 10)).save(labelled / "images" / f"{stem}.jpg")
+        Image.new("RGB", (480, 640), (10, 200, 10)).save(unlabelled / "images" / f"{stem}.jpg")
+    Image.new("L", (640, 480), 255).save(labelled / "masks" / "a.png")  # b has no mask: not copied
+
+    assert downscale_folder(labelled, tmp_path / "out" / "labelled", 320, quality=75) == 1
+    copy = Image.open(tmp_path / "out" / "labelled" / "images" / "a.jpg")
+    assert copy.size == (320, 240)
+    assert Image.open(tmp_path / "out" / "labelled" / "masks" / "a.png").size == (320, 240)
+    assert not (tmp_path / "out" / "labelled" / "images" / "b.jpg").exists()
+
+    assert downscale_folder(unlabelled, tmp_path / "out" / "unlabelled", 320, only_stems={"b"}) == 1
+    assert [p.name for p in (tmp_path / "out" / "unlabelled" / "images").iterdir()] == ["b.jpg"]
+    assert Image.open(tmp_path / "out" / "unlabelled" / "images" / "b.jpg").size == (240, 320)
