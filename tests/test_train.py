@@ -499,3 +499,19 @@ def test_the_gpu_data_copy_is_downscaled_and_skips_unlabelled_photos(tmp_path: P
     assert downscale_folder(unlabelled, tmp_path / "out" / "unlabelled", 320, only_stems={"b"}) == 1
     assert [p.name for p in (tmp_path / "out" / "unlabelled" / "images").iterdir()] == ["b.jpg"]
     assert Image.open(tmp_path / "out" / "unlabelled" / "images" / "b.jpg").size == (240, 320)
+
+
+def test_the_gpu_session_script_never_restarts_a_run_that_did_not_travel(tmp_path: Path) -> None:
+    # On the lent machine an untracked run folder is wiped between calls; resuming an older run instead
+    # would silently throw away the GPU's work, so the script must stop unless told where to start.
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "train" / "gpu_run.sh"
+    (tmp_path / "train" / "runs").mkdir(parents=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(out)}
+    done = subprocess.run(["bash", str(script), "1"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert "last.pt is missing" in (out / "train.log").read_text()
+    assert not any(out.glob("gpu-fcdn56.tar.part-*"))
