@@ -16,10 +16,9 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageOps
 
 from bgremove_plugin import BackgroundRemover, InvalidImageError
-from bgremove_plugin.api import compose, load_image
 
 MAX_PIXELS = int(os.environ.get("BGREMOVE_MAX_PIXELS", "40000000"))
 MAX_FILE_SIZE = os.environ.get("BGREMOVE_MAX_FILE_SIZE", "30mb")
@@ -43,7 +42,7 @@ def _background_for(
     if background == "image":
         if backdrop is None:
             raise gr.Error("Choose a background image, or pick another background option.")
-        return load_image(backdrop)
+        return backdrop  # the library applies its EXIF orientation
     return None
 
 
@@ -66,15 +65,16 @@ def cut_out(
     if edges not in EDGES:
         raise gr.Error(f"Edges must be one of {', '.join(EDGES)}.")
     try:
-        oriented = load_image(photo)
-        # One forward pass: the mask is shown as well as used, so compose it here rather than calling remove twice.
+        # Upright as displayed: the blurred-original background must line up with the mask predicted from it.
+        oriented = ImageOps.exif_transpose(photo)
+        # One forward pass: the mask is shown as well as used, so it is applied here rather than calling remove twice.
         mask = remover.predict_masks([oriented], refine=edges)[0]  # type: ignore[arg-type]
         behind = _background_for(oriented, background, colour, backdrop)
     except InvalidImageError as exc:
         raise gr.Error(str(exc)) from exc
     try:
-        result = compose(oriented, mask, background=behind, decontaminate=decontaminate)
-    except ValueError as exc:  # the only option compose can refuse here is an unreadable colour
+        result = remover.apply_mask(oriented, mask, background=behind, decontaminate=decontaminate)
+    except ValueError as exc:  # the only option apply_mask can refuse here is an unreadable colour
         raise gr.Error(f"{exc}; pick one with the colour picker.") from exc
     if result.mode == "RGBA":  # a transparent cut-out: show its alpha, which keeps the input's own transparency
         mask = result.getchannel("A")

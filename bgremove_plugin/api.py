@@ -88,6 +88,15 @@ def load_image(image: ImageInput) -> Image.Image:
     return oriented(pil)
 
 
+def _mask_image(mask: Image.Image | np.ndarray) -> Image.Image:
+    if isinstance(mask, Image.Image):
+        return mask if mask.mode == "L" else mask.convert("L")
+    if isinstance(mask, np.ndarray) and mask.ndim == 2:
+        return _array_to_image(mask)
+    shape = f" of shape {mask.shape}" if isinstance(mask, np.ndarray) else ""
+    raise InvalidImageError(f"got a {type(mask).__name__}{shape} as mask; expected an 'L' PIL image or a 2-D array")
+
+
 def _parse_colour(colour: str | tuple[int, int, int]) -> tuple[int, int, int]:
     if isinstance(colour, str):
         try:
@@ -288,6 +297,39 @@ class BackgroundRemover:
             )
             for image, mask in zip(loaded, masks)
         ]
+
+    def apply_mask(
+        self,
+        image: ImageInput,
+        mask: Image.Image | np.ndarray,
+        *,
+        background: BackgroundInput | None = None,
+        return_mask: bool = False,
+        threshold: float | None = None,
+        decontaminate: bool = False,
+    ) -> Image.Image:
+        """What :meth:`remove` returns, from a mask already predicted (or edited by hand) instead of a new
+        forward pass: show the mask beside the cut-out, or try several backgrounds, for one pass's cost.
+
+        Args:
+            image: any accepted input; its EXIF orientation is applied, as in :meth:`predict_masks`.
+            mask: an 'L' mask from :meth:`predict_masks` (255 = person) or a 2-D array from
+                :meth:`predict_alpha` (float in [0, 1], or uint8), at the image's oriented size.
+            background, return_mask, threshold, decontaminate: as in :func:`remove_background`.
+
+        Raises:
+            InvalidImageError: the image cannot be read, or the mask is not a 2-D mask of its size.
+        """
+        loaded = load_image(image)
+        person = _mask_image(mask)
+        if person.size != loaded.size:
+            raise InvalidImageError(
+                f"the mask is {person.width}x{person.height} but the image is {loaded.width}x{loaded.height} once "
+                "its EXIF orientation is applied; predict the mask from the same image"
+            )
+        return compose(
+            loaded, person, background=background, return_mask=return_mask, threshold=threshold, decontaminate=decontaminate
+        )
 
     def __call__(self, image: ImageInput) -> Image.Image:
         return self.remove(image)

@@ -141,6 +141,23 @@ def test_background_colour_and_image_give_rgb(tiny: BackgroundRemover, portrait:
         tiny.remove(small, background="not-a-colour")
 
 
+def test_a_predicted_mask_applied_later_gives_what_remove_gives(tiny: BackgroundRemover, portrait: Image.Image) -> None:
+    small = portrait.resize((64, 48))
+    mask = tiny.predict_masks([small])[0]
+    np.testing.assert_array_equal(np.asarray(tiny.apply_mask(small, mask)), np.asarray(tiny.remove(small)))
+    on_red = tiny.apply_mask(small, mask, background="#ff0000")
+    np.testing.assert_array_equal(np.asarray(on_red), np.asarray(tiny.remove(small, background="#ff0000")))
+    alpha = tiny.predict_alpha([small])[0]
+    from_alpha = np.asarray(tiny.apply_mask(small, alpha), dtype=np.int16)[..., 3]
+    assert np.abs(from_alpha - np.asarray(mask, dtype=np.int16)).max() <= 1  # float alpha rounds back to 8 bits
+    # An edited mask is honoured as given: all-person keeps every pixel opaque.
+    assert np.asarray(tiny.apply_mask(small, Image.new("L", small.size, 255)))[..., 3].min() == 255
+    with pytest.raises(InvalidImageError, match="64x48"):
+        tiny.apply_mask(small, mask.resize((48, 64)))
+    with pytest.raises(InvalidImageError, match="2-D"):
+        tiny.apply_mask(small, np.zeros((48, 64, 3), dtype=np.uint8))
+
+
 def test_mask_and_threshold(tiny: BackgroundRemover, portrait: Image.Image) -> None:
     mask = tiny.remove(portrait, return_mask=True)
     assert mask.mode == "L" and mask.size == portrait.size

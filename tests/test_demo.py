@@ -47,6 +47,20 @@ def test_space_card_front_matter_is_valid() -> None:
     assert card.text.lstrip().startswith("# bgremove")
 
 
+def test_the_demo_uses_only_the_public_api() -> None:
+    # The Space is the example people copy: what it needs from the package, every user may need too.
+    import ast
+
+    import bgremove_plugin
+
+    tree = ast.parse((REPO / "app.py").read_text())
+    imported = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in node.names if (node.module or "").startswith("bgremove_plugin")]
+    assert imported, "app.py no longer imports bgremove_plugin"
+    for module, name in imported:
+        assert module == "bgremove_plugin" and name in bgremove_plugin.__all__, f"app.py imports {module}.{name}"
+
+
 def test_space_requirements_cover_the_package_dependencies() -> None:
     declared = [dep for dep in requires("bgremove_plugin") or [] if "extra ==" not in dep]
     assert declared, "bgremove_plugin's metadata lists no dependencies: is the package installed?"
@@ -139,6 +153,29 @@ def test_client_gets_an_rgba_cutout_of_the_input_size(client: Any) -> None:
     # A portrait: both kept and removed pixels, with the person filling a good part of the frame.
     assert alpha.min() < 16 and alpha.max() > 240
     assert 0.15 < (alpha > 127).mean() < 0.9
+
+
+def test_client_gets_a_phone_photo_upright_and_its_blurred_background_lined_up(client: Any, tmp_path: Path) -> None:
+    with Image.open(PORTRAIT) as photo:
+        upright = photo.convert("RGB").resize((256, 192))
+    sideways = upright.transpose(Image.Transpose.ROTATE_270)  # stored as a phone does; EXIF 8 turns it back
+    exif = sideways.getexif()
+    exif[0x0112] = 8
+    path = tmp_path / "phone.jpg"
+    sideways.save(path, exif=exif, quality=95)
+    _, _, cutout_path = _call(client, path)
+    blurred_path, _, _ = _call(client, path, background="blurred original")
+    with Image.open(cutout_path) as cutout, Image.open(blurred_path) as blurred:
+        assert cutout.size == blurred.size == upright.size
+        alpha = np.asarray(cutout.getchannel("A"))
+        person = np.asarray(cutout.convert("RGB"), dtype=np.int16)[alpha == 255]
+        composed = np.asarray(blurred.convert("RGB"), dtype=np.int16)
+    # Opaque pixels keep the photo's own colours in both outputs; where the person is not, the backdrop is
+    # the photo itself blurred, so it stays near the upright photo's colours (a sideways blur would not).
+    assert (alpha == 255).mean() > 0.1 and (alpha == 0).mean() > 0.1
+    assert np.abs(composed[alpha == 255] - person).mean() < 2
+    near = np.abs(composed[alpha == 0] - np.asarray(upright, dtype=np.int16)[alpha == 0]).mean()
+    assert near < 40, near  # measured: 13 lined up; a sideways blur fitted to the frame differs by about 86
 
 
 def test_client_can_choose_the_edges_and_decontamination(client: Any) -> None:

@@ -194,6 +194,21 @@ def test_crowds_replace_only_draws_of_human_labelled_people() -> None:
             assert crowd_mask.float().mean() < plain_mask.float().mean() or not plain_mask.any()
 
 
+def test_a_loaded_set_scans_its_masks_once_for_empty_and_confident_people() -> None:
+    person = np.zeros((20, 20), dtype=np.uint8)
+    person[5:15, 5:15] = 255
+    faint = np.full((20, 20), 60, dtype=np.uint8)  # a teacher's unsure haze: neither empty nor a person
+    loaded = LoadedSet(["p", "f", "e"], [np.zeros((20, 20, 3), np.uint8)] * 3, [person, faint, np.zeros_like(person)])
+    assert loaded.mask_peaks.tolist() == [255, 60, 0]
+    loaded.masks[2] = person  # the scan is kept for the run: sets are never edited after loading
+    assert loaded.mask_peaks.tolist() == [255, 60, 0]
+
+    hazy = LoadedSet(["f"], [np.zeros((20, 20, 3), np.uint8)], [faint], name="hazy")
+    cfg = AugmentConfig(patch_size=16, input_size=16, crowd_prob=1.0)
+    stream = TrainingStream(EpochSampler([hazy], seed=0), 0, 4, cfg, [np.zeros((30, 30, 3), np.uint8)])
+    assert stream.crowd_sets == [] and stream.empty_masks[0].tolist() == [False]
+
+
 def test_closeup_enlarges_one_window_of_the_photo() -> None:
     # A horizontal ramp: a window of it, enlarged, spans a narrower range of values than the whole.
     ramp = np.tile(np.linspace(0, 255, 300).astype(np.uint8)[None, :, None], (200, 1, 3))
@@ -288,7 +303,8 @@ def test_resumed_run_continues_exactly(tmp_path: Path) -> None:
     assert second.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
     rows = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["samples_seen"] == 16
-    assert {"train_loss", "val_iou", "lr", "epoch_seconds"} <= rows[0].keys()
+    assert {"train_loss", "val_iou", "lr", "epoch_seconds", "data_wait_seconds", "validate_seconds"} <= rows[0].keys()
+    assert 0 <= rows[0]["data_wait_seconds"] <= rows[0]["epoch_seconds"]
     assert (tmp_path / "resumed" / "grids" / "epoch_002.png").exists()
     assert (tmp_path / "resumed" / "best.pt").exists()
 
@@ -501,6 +517,26 @@ def test_the_gpu_data_copy_is_downscaled_and_skips_unlabelled_photos(tmp_path: P
     assert Image.open(tmp_path / "out" / "unlabelled" / "images" / "b.jpg").size == (240, 320)
 
 
+@pytest.mark.parametrize("item, complaint", [
+    ("people/typo=MASKS", "not among the sources"),
+    ("people/photos", "expected NAME=MASK_DIR"),
+    ("people/photos=EMPTY", "holds no .png masks"),
+])
+def test_the_gpu_data_copy_refuses_a_mask_filter_it_cannot_apply(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], item: str, complaint: str
+) -> None:
+    from train.cache import main
+
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "empty").mkdir()
+    Image.new("L", (8, 8), 255).save(tmp_path / "masks" / "a.png")
+    item = item.replace("MASKS", str(tmp_path / "masks")).replace("EMPTY", str(tmp_path / "empty"))
+    with pytest.raises(SystemExit):
+        main(["people/photos", "--out", str(tmp_path / "out"), "--data-root", str(tmp_path), "--only-with-masks", item])
+    assert complaint in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing copied before the refusal
+
+
 def test_the_gpu_session_script_never_restarts_a_run_that_did_not_travel(tmp_path: Path) -> None:
     # On the lent machine an untracked run folder is wiped between calls; resuming an older run instead
     # would silently throw away the GPU's work, so the script must stop unless told where to start.
@@ -515,3 +551,32 @@ def test_the_gpu_session_script_never_restarts_a_run_that_did_not_travel(tmp_pat
     assert done.returncode == 2
     assert "last.pt is missing" in (out / "train.log").read_text()
     assert not any(out.glob("gpu-fcdn56.tar.part-*"))
+
+
+def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_caller_override_them(tmp_path: Path) -> None:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "train" / "gpu_run.sh"
+    run = tmp_path / "train" / "runs" / "gpu-fcdn56"
+    run.mkdir(parents=True)
+    (run / "last.pt").write_bytes(b"checkpoint")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    # Stands in for python3: answers the timeout arithmetic, records the training command line.
+    (fake_bin / "python3").write_text(
+        '#!/bin/bash\nif [ "$1" = -c ]; then echo 120; else printf "%s\\n" "$@" > "$OUT/argv"; fi\n'
+    )
+    (fake_bin / "python3").chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "OUT": str(out)}
+    done = subprocess.run(["bash", str(script), "1", "--set", "batch_size=16"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    argv = (out / "argv").read_text().split("\n")
+    assert argv[:4] == ["-m", "train.train", "--run-dir", "train/runs/gpu-fcdn56"] and "--resume" in argv
+    settings = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert settings[:4] == ["batch_size=32", "num_workers=14", "samples_per_epoch=10000", "lr_decay=0.93"]
+    assert settings[-1] == "batch_size=16"  # train.train applies --set in order: the caller's comes last and wins
+    packed = b"".join(part.read_bytes() for part in sorted(out.glob("gpu-fcdn56.tar.part-*")))
+    assert b"checkpoint" in packed

@@ -49,6 +49,21 @@ def downscale_folder(
     return count
 
 
+def _mask_filters(parser: argparse.ArgumentParser, items: list[str], sources: list[str]) -> dict[str, str]:
+    """NAME=MASK_DIR pairs, refused when a typo would otherwise copy a whole folder or none of it."""
+    filters: dict[str, str] = {}
+    for item in items:
+        name, sep, mask_dir = item.partition("=")
+        if not sep or not name or not mask_dir:
+            parser.error(f"--only-with-masks {item!r}: expected NAME=MASK_DIR")
+        if name not in sources:
+            parser.error(f"--only-with-masks {item!r}: {name!r} is not among the sources {sources}")
+        if not any(Path(mask_dir).glob("*.png")):
+            parser.error(f"--only-with-masks {item!r}: {mask_dir} holds no .png masks")
+        filters[name] = mask_dir
+    return filters
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sources", nargs="+", help="folder names under the data root")
@@ -60,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", type=Path, default=None)
     args = parser.parse_args(argv)
     root = args.data_root or data_root()
-    mask_filters = dict(item.split("=", 1) for item in args.only_with_masks)
+    mask_filters = _mask_filters(parser, args.only_with_masks, args.sources)
     for name in args.sources:
         only = {p.stem for p in Path(mask_filters[name]).glob("*.png")} if name in mask_filters else None
         count = downscale_folder(root / name, args.out / name, args.long_side, quality=args.quality, only_stems=only)

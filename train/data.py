@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,12 @@ class LoadedSet:
     name: str = ""
     ignore_band: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
+
+    @cached_property
+    def mask_peaks(self) -> np.ndarray:
+        """Each mask's largest value, scanned once per run: every epoch's stream asks which photos are
+        empty (0) and which hold a confident person (> 127), and the set never changes once loaded."""
+        return np.array([int(m.max()) if m.size else 0 for m in self.masks], dtype=np.uint8)
 
 
 def _load_pair(sample: Sample, long_side: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -281,10 +288,12 @@ class TrainingStream(torch.utils.data.Dataset):
         self.backgrounds = backgrounds
         # Crowds take people with hard human labels only: a teacher's soft edges would need their ignore band.
         crowd_ids = [
-            i for i, s in enumerate(self.sets) if s.ignore_band == 0 and any(m.max() > 127 for m in s.masks)
+            i for i, s in enumerate(self.sets) if s.ignore_band == 0 and bool((s.mask_peaks > 127).any())
         ] if cfg.crowd_prob > 0 and backgrounds else []
         self.crowd_set_ids = frozenset(crowd_ids)
         self.crowd_sets = [self.sets[i] for i in crowd_ids]
+        # Read here, in the main process, so that data-loader workers inherit the scan instead of each repeating it.
+        self.empty_masks = [s.mask_peaks == 0 for s in self.sets]
         # The scene already has its background and its people are small: no re-compositing or portrait framing.
         self.scene_cfg = dataclasses.replace(cfg, composite_prob=0.0, portrait_prob=0.0)
 
@@ -301,7 +310,7 @@ class TrainingStream(torch.utils.data.Dataset):
         else:
             image, mask = chosen.images[index], chosen.masks[index]
             # Drawn only when enabled, as above; the mask stays empty, so no label changes.
-            if self.cfg.closeup_prob > 0 and not mask.any() and rng.random() < self.cfg.closeup_prob:
+            if self.cfg.closeup_prob > 0 and self.empty_masks[set_id][index] and rng.random() < self.cfg.closeup_prob:
                 image = closeup(image, rng)
             image, mask = augment(image, mask, self.cfg, rng, self.backgrounds, chosen.ignore_band)
         return torch.from_numpy(normalize(image, self.cfg.mean, self.cfg.std)), torch.from_numpy(mask.astype(np.int64))

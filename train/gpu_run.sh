@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One lent-GPU session of the gpu-fcdn56 run, on the device machine (train/README.md, "On a lent GPU").
-#   bash train/gpu_run.sh MINUTES [train.train options, e.g. the --set overrides of its first session]
+#   bash train/gpu_run.sh MINUTES [train.train options; a --set given here wins over the GPU settings below]
 # It resumes train/runs/gpu-fcdn56, which must travel with the tree (commit it first: an untracked run folder
 # left on the machine by an earlier call is wiped by the next copy). Only START_FROM=<run> starts it anew
 # from that run's last checkpoint: a missing checkpoint never silently restarts from an older one.
@@ -20,9 +20,12 @@ elif [ ! -f "$run/last.pt" ]; then
     echo "$run/last.pt is missing: commit the run folder so it travels, or set START_FROM" | tee -a "$out/train.log"
     exit 2
 fi
+# The run's saved config holds its CPU-session settings; these are its GPU ones (one H200, 14 data workers).
+# The epoch is 20 of the CPU's so that validation and the worker start-up stay a small share of the time.
+gpu_settings=(--set batch_size=32 --set num_workers=14 --set samples_per_epoch=10000 --set lr_decay=0.93)
 limit=$(python3 -c "print(int($minutes * 60 + 75))")
 PYTHONUNBUFFERED=1 PYTHONPATH=. timeout "$limit" python3 -m train.train --run-dir "$run" --resume \
-    --data-root data_cache --device "${DEVICE:-cuda}" --max-minutes "$minutes" --epochs 100000 "$@" 2>&1 | tee -a "$out/train.log"
+    --data-root data_cache --device "${DEVICE:-cuda}" --max-minutes "$minutes" --epochs 100000 "${gpu_settings[@]}" "$@" 2>&1 | tee -a "$out/train.log"
 last_grid=$(ls "$run/grids" 2>/dev/null | tail -1)
 [ -n "$last_grid" ] && cp "$run/grids/$last_grid" "$out/"
 tar -cf - -C train/runs --exclude grids --exclude '*.tmp' --exclude train.log gpu-fcdn56 | split -b 15M - "$out/gpu-fcdn56.tar.part-"

@@ -414,7 +414,9 @@ class Trainer:
         tmp.replace(path)
 
     # loop -------------------------------------------------------------------------------------
-    def train_epoch(self) -> float:
+    def train_epoch(self) -> tuple[float, float]:
+        """Mean training loss, and the seconds spent waiting for batches: on a lent GPU, where an epoch took
+        ten times longer than its arithmetic, this says whether the data loaders or the steps are the limit."""
         cfg = self.cfg
         stream = TrainingStream(self.sampler, self.epoch, cfg.samples_per_epoch, cfg.augment, self.backgrounds)
         loader = torch.utils.data.DataLoader(
@@ -424,7 +426,15 @@ class Trainer:
         use_amp = cfg.amp and self.device.type == "cuda"
         self.model.train()
         losses = []
-        for images, masks in loader:
+        data_wait = 0.0
+        batches = iter(loader)
+        while True:
+            waited_from = time.perf_counter()
+            batch = next(batches, None)
+            data_wait += time.perf_counter() - waited_from
+            if batch is None:
+                break
+            images, masks = batch
             images = images.to(self.device, non_blocking=True).to(memory_format=torch.channels_last)
             masks = masks.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -438,7 +448,7 @@ class Trainer:
             losses.append(loss.item())
             self.samples_seen += images.shape[0]
         self.scheduler.step()
-        return float(np.mean(losses))
+        return float(np.mean(losses)), data_wait
 
     def validate(self) -> tuple[float, float, list[np.ndarray], TiramisuNet]:
         """Validation IoU and no-person mean probability of the (EMA or raw) weights with recalibrated
@@ -457,8 +467,10 @@ class Trainer:
         metrics_path = self.run_dir / "metrics.jsonl"
         while self.epoch < cfg.epochs:
             epoch_start = time.time()
-            loss = self.train_epoch()
+            loss, data_wait = self.train_epoch()
+            validate_start = time.time()
             val_iou, empty_alpha, probs, calibrated = self.validate()
+            validate_seconds = time.time() - validate_start
             self.epoch += 1
             elapsed = time.time() - epoch_start
             self.train_seconds += elapsed
@@ -466,6 +478,7 @@ class Trainer:
             row = {
                 "epoch": self.epoch, "samples_seen": self.samples_seen, "train_loss": round(loss, 5),
                 "val_iou": round(val_iou, 5), "val_empty_alpha": round(empty_alpha, 4), "lr": lr, "epoch_seconds": round(elapsed, 1),
+                "data_wait_seconds": round(data_wait, 1), "validate_seconds": round(validate_seconds, 1),
                 "train_seconds_total": round(self.train_seconds, 1), "device": str(self.device),
             }
             with metrics_path.open("a") as f:
