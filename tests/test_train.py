@@ -309,6 +309,19 @@ def test_resumed_run_continues_exactly(tmp_path: Path) -> None:
     assert (tmp_path / "resumed" / "best.pt").exists()
 
 
+def test_cpu_autocast_is_used_only_when_the_run_asks_for_it(tmp_path: Path) -> None:
+    for amp_cpu in (False, True):
+        trainer = _trainer(tmp_path, f"amp-{amp_cpu}", epochs=1)
+        trainer.cfg.amp_cpu = amp_cpu
+        seen: set[torch.dtype] = set()
+        first_conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+        first_conv.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+        loss, _ = trainer.train_epoch()
+        assert math.isfinite(loss)
+        assert seen == ({torch.bfloat16} if amp_cpu else {torch.float32})
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay float32
+
+
 def test_a_best_measured_on_another_val_set_size_is_not_kept_on_resume(tmp_path: Path) -> None:
     first = _trainer(tmp_path, "run", epochs=1)
     first.run(max_minutes=60)
