@@ -429,7 +429,7 @@ class Trainer:
         )
         use_amp = cfg.amp if self.device.type == "cuda" else cfg.amp_cpu
         self.model.train()
-        losses = []
+        losses: list[torch.Tensor] = []
         data_wait = 0.0
         batches = iter(loader)
         while True:
@@ -449,10 +449,11 @@ class Trainer:
             self.optimizer.step()
             if self.ema:
                 self.ema.update_parameters(self.model)
-            losses.append(loss.item())
+            # Kept on the device: a .item() per step would make the CPU wait for the GPU before queueing the next.
+            losses.append(loss.detach())
             self.samples_seen += images.shape[0]
         self.scheduler.step()
-        return float(np.mean(losses)), data_wait
+        return float(torch.stack(losses).mean()), data_wait
 
     def validate(self) -> tuple[float, float, list[np.ndarray], TiramisuNet]:
         """Validation IoU and no-person mean probability of the (EMA or raw) weights with recalibrated
