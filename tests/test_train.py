@@ -309,13 +309,24 @@ def test_resumed_run_continues_exactly(tmp_path: Path) -> None:
     assert (tmp_path / "resumed" / "best.pt").exists()
 
 
+def test_config_overrides_apply_in_order_and_refuse_unknown_fields() -> None:
+    from train.train import apply_overrides
+
+    base = TrainConfig()
+    cfg = apply_overrides(base, ["batch_size=32", "augment.scale_jitter=[0.5, 2]", "batch_size=16"])
+    assert cfg.batch_size == 16 and cfg.augment.scale_jitter == (0.5, 2)
+    assert base.batch_size == TrainConfig().batch_size  # the given config is left as it was
+    with pytest.raises(SystemExit, match="batchsize"):
+        apply_overrides(base, ["batchsize=8"])
+
+
 def test_cpu_autocast_is_used_only_when_the_run_asks_for_it(tmp_path: Path) -> None:
     for amp_cpu in (False, True):
         trainer = _trainer(tmp_path, f"amp-{amp_cpu}", epochs=1)
         trainer.cfg.amp_cpu = amp_cpu
         seen: set[torch.dtype] = set()
         first_conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
-        first_conv.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+        first_conv.register_forward_hook(lambda _m, _i, out, seen=seen: seen.add(out.dtype))
         loss, _ = trainer.train_epoch()
         assert math.isfinite(loss)
         assert seen == ({torch.bfloat16} if amp_cpu else {torch.float32})
@@ -577,7 +588,7 @@ def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_calle
     fake_bin.mkdir()
     # Stands in for python3: answers the timeout arithmetic, records the training command line.
     (fake_bin / "python3").write_text(
-        '#!/bin/bash\nif [ "$1" = -c ]; then echo 120; else printf "%s\\n" "$@" > "$OUT/argv"; fi\n'
+        '#!/bin/bash\nif [ "$1" = -c ]; then echo 120; else printf "%s\\n" "$@" >> "$OUT/argv"; fi\n'
     )
     (fake_bin / "python3").chmod(0o755)
     out = tmp_path / "out"
@@ -593,3 +604,12 @@ def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_calle
     assert settings[-1] == "batch_size=16"  # train.train applies --set in order: the caller's comes last and wins
     packed = b"".join(part.read_bytes() for part in sorted(out.glob("gpu-fcdn56.tar.part-*")))
     assert b"checkpoint" in packed
+
+    # PROFILE=1: the throughput benchmark runs first, with the same GPU settings, then the training.
+    (out / "argv").unlink()
+    done = subprocess.run(["bash", str(script), "1"], cwd=tmp_path, env={**env, "PROFILE": "1"},
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    calls = (out / "argv").read_text()
+    assert calls.index("benchmarks/train_throughput.py") < calls.index("train.train")
+    assert calls.count("batch_size=32") == 2

@@ -6,6 +6,7 @@
 # from that run's last checkpoint: a missing checkpoint never silently restarts from an older one.
 # Everything worth keeping lands in $OUT: the log, and the run folder as a tar split under the 16 MiB-per-file
 # limit of what comes back. A hard timeout leaves time for the packing even if an epoch overruns.
+# PROFILE=1 first times where an epoch's time goes (benchmarks/train_throughput.py); give MINUTES a minute less.
 set -u
 minutes=${1:?minutes}
 shift
@@ -23,6 +24,11 @@ fi
 # The run's saved config holds its CPU-session settings; these are its GPU ones (one H200, 14 data workers).
 # The epoch is 20 of the CPU's so that validation and the worker start-up stay a small share of the time.
 gpu_settings=(--set batch_size=32 --set num_workers=14 --set samples_per_epoch=10000 --set lr_decay=0.93)
+if [ -n "${PROFILE:-}" ]; then
+    # About a minute: the loaders alone, the steps alone and validation, with the settings above.
+    PYTHONUNBUFFERED=1 PYTHONPATH=. timeout 180 python3 benchmarks/train_throughput.py --run-dir "$run" \
+        --data-root data_cache --device "${DEVICE:-cuda}" "${gpu_settings[@]}" 2>&1 | tee -a "$out/train.log"
+fi
 limit=$(python3 -c "print(int($minutes * 60 + 75))")
 PYTHONUNBUFFERED=1 PYTHONPATH=. timeout "$limit" python3 -m train.train --run-dir "$run" --resume \
     --data-root data_cache --device "${DEVICE:-cuda}" --max-minutes "$minutes" --epochs 100000 "${gpu_settings[@]}" "$@" 2>&1 | tee -a "$out/train.log"

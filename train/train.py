@@ -18,6 +18,7 @@ import platform
 import random
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -154,6 +155,24 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
             augment[key] = tuple(augment[key])
     raw["sources"] = [SourceConfig(**s) for s in raw.get("sources", [])]
     return TrainConfig(**raw, augment=AugmentConfig(**augment))
+
+
+def apply_overrides(cfg: TrainConfig, items: Sequence[str]) -> TrainConfig:
+    """``KEY=JSON`` overrides (``augment.patch_size=160``), applied in order: a later one wins."""
+    cfg = copy.deepcopy(cfg)
+    for item in items:
+        key, _, value = item.partition("=")
+        target: Any = cfg
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = getattr(target, parent)
+        if not hasattr(target, leaf):
+            raise SystemExit(f"--set {key}: no such config field")
+        parsed = json.loads(value)
+        if isinstance(parsed, list):
+            parsed = tuple(parsed) if isinstance(getattr(target, leaf), tuple) else parsed
+        object.__setattr__(target, leaf, parsed)
+    return config_from_dict(dataclasses.asdict(cfg))  # turns the JSON values into the typed fields
 
 
 def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
@@ -418,20 +437,38 @@ class Trainer:
         tmp.replace(path)
 
     # loop -------------------------------------------------------------------------------------
-    def train_epoch(self) -> tuple[float, float]:
-        """Mean training loss, and the seconds spent waiting for batches: on a lent GPU, where an epoch took
-        ten times longer than its arithmetic, this says whether the data loaders or the steps are the limit."""
+    def epoch_loader(self, epoch: int, samples: int | None = None) -> torch.utils.data.DataLoader:
+        """The batches of one epoch (its first ``samples`` draws, by default all of them)."""
         cfg = self.cfg
-        stream = TrainingStream(self.sampler, self.epoch, cfg.samples_per_epoch, cfg.augment, self.backgrounds)
-        loader = torch.utils.data.DataLoader(
+        stream = TrainingStream(self.sampler, epoch, samples or cfg.samples_per_epoch, cfg.augment, self.backgrounds)
+        return torch.utils.data.DataLoader(
             stream, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
             drop_last=True, pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
-        use_amp = cfg.amp if self.device.type == "cuda" else cfg.amp_cpu
+
+    def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a batch from :meth:`epoch_loader`; returns the loss, still on the device."""
+        use_amp = self.cfg.amp if self.device.type == "cuda" else self.cfg.amp_cpu
+        images = images.to(self.device, non_blocking=True).to(memory_format=torch.channels_last)
+        masks = masks.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = self.model(images)
+        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_LABEL)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.ema:
+            self.ema.update_parameters(self.model)
+        return loss.detach()
+
+    def train_epoch(self) -> tuple[float, float]:
+        """Mean training loss, and the seconds spent waiting for batches: on a lent GPU, where an epoch took
+        ten times longer than its arithmetic, this says whether the data loaders or the steps are the limit."""
         self.model.train()
+        # Kept on the device: a .item() per step would make the CPU wait for the GPU before queueing the next.
         losses: list[torch.Tensor] = []
         data_wait = 0.0
-        batches = iter(loader)
+        batches = iter(self.epoch_loader(self.epoch))
         while True:
             waited_from = time.perf_counter()
             batch = next(batches, None)
@@ -439,18 +476,7 @@ class Trainer:
             if batch is None:
                 break
             images, masks = batch
-            images = images.to(self.device, non_blocking=True).to(memory_format=torch.channels_last)
-            masks = masks.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = self.model(images)
-            loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_LABEL)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if self.ema:
-                self.ema.update_parameters(self.model)
-            # Kept on the device: a .item() per step would make the CPU wait for the GPU before queueing the next.
-            losses.append(loss.detach())
+            losses.append(self.train_step(images, masks))
             self.samples_seen += images.shape[0]
         self.scheduler.step()
         return float(torch.stack(losses).mean()), data_wait
@@ -535,19 +561,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = copy.deepcopy(NAMED_CONFIGS[args.config])
     if args.set:
         # On --resume an override changes the schedule from here on; sessions.jsonl records it.
-        for item in args.set:
-            key, _, value = item.partition("=")
-            target: Any = cfg
-            *parents, leaf = key.split(".")
-            for parent in parents:
-                target = getattr(target, parent)
-            if not hasattr(target, leaf):
-                raise SystemExit(f"--set {key}: no such config field")
-            parsed = json.loads(value)
-            if isinstance(parsed, list):
-                parsed = tuple(parsed) if isinstance(getattr(target, leaf), tuple) else parsed
-            object.__setattr__(target, leaf, parsed)
-        cfg = config_from_dict(dataclasses.asdict(cfg))  # turns JSON given to --set into the typed fields
+        cfg = apply_overrides(cfg, args.set)
     if args.epochs:
         cfg.epochs = args.epochs
 
