@@ -68,6 +68,18 @@ def test_coco_filter_keeps_the_expected_twelve_images(data_root: Path) -> None:
         assert mask.dtype == np.uint8 and 0.2 <= (mask > 0).mean() <= 0.7
 
 
+def test_the_candidate_report_scores_only_held_out_scenes_without_people(data_root: Path) -> None:
+    from train.candidate import scenes_without_people
+    from train.sources import SPLIT_DIR, read_split_list
+
+    scenes = scenes_without_people(data_root)
+    assert len(scenes) == 21  # the number the model card's checkpoint comparisons quote
+    trained_on = set(read_split_list(SPLIT_DIR / "coco128_train.txt"))
+    for photo in scenes:
+        assert photo.stem not in trained_on
+        assert not np.asarray(Image.open(data_root / "coco128" / "masks" / f"{photo.stem}.png")).any()
+
+
 def test_coco_export_writes_a_folder_source(data_root: Path, tmp_path: Path) -> None:
     samples = export_coco_folder(data_root / COCO_JSON, data_root / "coco128" / "images", tmp_path / "coco_people")
     assert len(samples) == 12
