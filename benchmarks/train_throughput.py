@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     started = time.perf_counter()
-    trainer = Trainer(cfg, Path("/tmp/train_throughput"), device, args.data_root or data_root())
+    # The trainer is only timed, never run: nothing is written to its run folder.
+    trainer = Trainer(cfg, Path(tempfile.mkdtemp(prefix="train_throughput-")), device, args.data_root or data_root())
     print(f"data loaded in {time.perf_counter() - started:.1f} s; {cfg.batch_size} per batch, "
           f"{cfg.num_workers} workers, {cfg.augment.patch_size} px crops, device {device}")
 
