@@ -253,6 +253,79 @@ def test_closeups_change_only_photos_without_people() -> None:
     assert len(zoomed_steps) > 5 and np.mean(zoomed_steps) < 0.7 * np.mean(plain_steps)
 
 
+def _write_coco_boxes(folder: Path, photos: dict[str, tuple[int, int]], boxes: list[tuple[str, str, list[float], int]]) -> None:
+    """A COCO-format annotations/ file: photos as stem -> (width, height); boxes as (stem, category, xywh, iscrowd)."""
+    categories = [{"id": 1, "name": "person"}, {"id": 17, "name": "cat"}]
+    ids = {name: i for i, name in enumerate(photos, start=1)}
+    (folder / "annotations").mkdir(parents=True, exist_ok=True)
+    (folder / "annotations" / "instances.json").write_text(json.dumps({
+        "categories": categories,
+        "images": [{"id": ids[stem], "file_name": f"{stem}.jpg", "width": w, "height": h} for stem, (w, h) in photos.items()],
+        "annotations": [
+            {"id": n, "image_id": ids[stem], "category_id": next(c["id"] for c in categories if c["name"] == name),
+             "bbox": bbox, "iscrowd": crowd}
+            for n, (stem, name, bbox, crowd) in enumerate(boxes)
+        ],
+    }))
+
+
+def test_object_boxes_are_fractions_of_the_photo_without_people_crowds_or_specks(tmp_path: Path) -> None:
+    from train.sources import object_boxes
+
+    _write_coco_boxes(tmp_path, {"a": (200, 100), "b": (100, 100)}, [
+        ("a", "cat", [20, 10, 100, 50], 0),
+        ("a", "person", [0, 0, 200, 100], 0),
+        ("a", "cat", [0, 0, 10, 10], 0),  # 5% of the width: too small to fill a close-up
+        ("b", "cat", [0, 0, 100, 100], 1),  # a crowd region, not one object
+    ])
+    assert object_boxes(tmp_path) == {"a": [(0.1, 0.1, 0.6, 0.6)]}
+    assert object_boxes(tmp_path / "no-such-source") == {}
+
+
+def test_coco128_scenes_without_people_have_object_boxes(data_root: Path) -> None:
+    from train.sources import object_boxes
+
+    boxes = object_boxes(data_root / "coco128")
+    empty = [p.stem for p in (data_root / "coco128" / "masks").glob("*.png") if not np.asarray(Image.open(p)).any()]
+    assert sum(stem in boxes for stem in empty) > len(empty) // 2
+    assert "000000000599" in boxes  # a cat filling a quarter of the photo, in the training split
+    assert all(0 <= a < c <= 1 and 0 <= b < d <= 1 for photo in boxes.values() for a, b, c, d in photo)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_an_object_closeup_is_filled_by_its_object(seed: int) -> None:
+    scene = np.zeros((200, 300, 3), dtype=np.uint8)
+    scene[60:120, 200:260] = 255  # the object: a fifth of the height, at the right
+    box = (200 / 300, 60 / 200, 260 / 300, 120 / 200)
+    zoomed = closeup(scene, np.random.default_rng(seed), box)
+    assert zoomed.shape == scene.shape
+    # The window is 1.15-1.6 times the box's longer side (shifted by up to a tenth), so the object covers
+    # roughly 1/1.6^2 to 1/1.15^2 of a square's share of the frame.
+    share = (zoomed[..., 0] > 127).mean()
+    assert 0.2 < share < 0.8, share
+    random_shares = [(closeup(scene, np.random.default_rng(s))[..., 0] > 127).mean() for s in range(20)]
+    assert share > 2 * np.mean(random_shares)
+
+
+def test_object_closeups_use_the_boxes_only_when_enabled() -> None:
+    scene = np.zeros((200, 300, 3), dtype=np.uint8)
+    scene[60:120, 200:260] = 255
+    empty = LoadedSet(["e"], [scene], [np.zeros((200, 300), np.uint8)], name="empty")
+    empty.object_boxes = [[(200 / 300, 60 / 200, 260 / 300, 120 / 200)]]
+    no_boxes = LoadedSet(["e"], [scene], [np.zeros((200, 300), np.uint8)], name="empty")
+    cfg = AugmentConfig(patch_size=96, input_size=96, scale_jitter=(1.0, 1.0), portrait_prob=0.0, composite_prob=0.0,
+                        color_jitter=0.0, noise_prob=0.0, blur_prob=0.0, grayscale_prob=0.0, closeup_prob=1.0)
+
+    def bright_share(loaded: LoadedSet, object_closeup_prob: float) -> list[float]:
+        stream = TrainingStream(EpochSampler([loaded], seed=0), 0, 24, dataclasses.replace(cfg, object_closeup_prob=object_closeup_prob), [])
+        return [float((stream[i][0][0] > 0).float().mean()) for i in range(len(stream))]
+
+    # Off, the boxes change nothing: a run that had no boxes keeps its exact sample stream.
+    assert bright_share(empty, 0.0) == bright_share(no_boxes, 0.0) == bright_share(no_boxes, 1.0)
+    # On, every close-up holds the object; random windows miss it in some draws.
+    assert min(bright_share(empty, 1.0)) > 0.05 and min(bright_share(empty, 0.0)) == 0.0
+
+
 def test_person_iou_edge_cases() -> None:
     truth = np.zeros((4, 4), dtype=np.uint8)
     assert person_iou(np.zeros((4, 4)), truth) == 1.0
@@ -319,6 +392,21 @@ def test_resumed_run_continues_exactly(tmp_path: Path) -> None:
     assert 0 <= rows[0]["data_wait_seconds"] <= rows[0]["epoch_seconds"]
     assert (tmp_path / "resumed" / "grids" / "epoch_002.png").exists()
     assert (tmp_path / "resumed" / "best.pt").exists()
+
+
+def test_a_run_with_object_closeups_reads_its_sources_boxes(tmp_path: Path) -> None:
+    source = make_folder_source(tmp_path)
+    _write_coco_boxes(source, {"000": (96, 128), "001": (96, 128)}, [("000", "cat", [10, 10, 50, 50], 0)])
+    cfg = tiny_config(epochs=1, sources=[SourceConfig("synthetic")])
+    cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, closeup_prob=0.5, object_closeup_prob=0.5))
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(cfg, tmp_path / "run", torch.device("cpu"), tmp_path, split_dir=tmp_path / "splits")
+    loaded = trainer.sampler.sets[0]
+    expected = {"000": [(10 / 96, 10 / 128, 60 / 96, 60 / 128)]}
+    assert {stem: boxes for stem, boxes in zip(loaded.stems, loaded.object_boxes) if boxes} == {
+        stem: boxes for stem, boxes in expected.items() if stem in loaded.stems
+    }
+    assert len(loaded.object_boxes) == len(loaded.stems)
 
 
 def test_config_overrides_apply_in_order_and_refuse_unknown_fields() -> None:
@@ -547,6 +635,12 @@ def test_the_gpu_data_copy_is_downscaled_and_skips_unlabelled_photos(tmp_path: P
     assert copy.size == (320, 240)
     assert Image.open(tmp_path / "out" / "labelled" / "masks" / "a.png").size == (320, 240)
     assert not (tmp_path / "out" / "labelled" / "images" / "b.jpg").exists()
+
+    _write_coco_boxes(labelled, {"a": (640, 480)}, [("a", "cat", [64, 48, 320, 240], 0)])
+    downscale_folder(labelled, tmp_path / "out" / "boxed", 320)
+    from train.sources import object_boxes
+
+    assert object_boxes(tmp_path / "out" / "boxed") == object_boxes(labelled) == {"a": [(0.1, 0.1, 0.6, 0.6)]}
 
     assert downscale_folder(unlabelled, tmp_path / "out" / "unlabelled", 320, only_stems={"b"}) == 1
     assert [p.name for p in (tmp_path / "out" / "unlabelled" / "images").iterdir()] == ["b.jpg"]

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from PIL import Image
@@ -46,6 +47,11 @@ def downscale_folder(
         if labelled:
             Image.open(mask_path).convert("L").resize(size, Image.Resampling.BILINEAR).save(target / "masks" / mask_path.name)
         count += 1
+    # COCO boxes for object close-ups: kept as they are, since the training code reads them as fractions
+    # of each photo's size, which downscaling does not change.
+    for annotation_file in sorted((source / "annotations").glob("*.json")):
+        (target / "annotations").mkdir(exist_ok=True)
+        shutil.copyfile(annotation_file, target / "annotations" / annotation_file.name)
     return count
 
 

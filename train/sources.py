@@ -118,6 +118,35 @@ def coco_person_images(annotation_file: Path, rule: CocoFilter = CocoFilter()) -
     return selected
 
 
+Box = tuple[float, float, float, float]
+"""(left, top, right, bottom) as fractions of the photo's width and height, so it fits any downscaled copy."""
+
+
+def object_boxes(folder: Path, *, min_side: float = 0.12, exclude: str = "person") -> dict[str, list[Box]]:
+    """Photo stem -> boxes of the objects in ``folder/annotations/*.json`` (COCO format), other than ``exclude``.
+
+    Objects whose longer side is under ``min_side`` of the photo's are left out: a close-up around them
+    would be mostly enlarged blur. A folder without annotations/ has no boxes. Read with ``json``, not
+    pycocotools, since only the boxes are needed.
+    """
+    boxes: dict[str, list[Box]] = {}
+    for annotation_file in sorted((folder / "annotations").glob("*.json")):
+        data = json.loads(annotation_file.read_text())
+        excluded = {c["id"] for c in data["categories"] if c["name"] == exclude}
+        images = {i["id"]: i for i in data["images"]}
+        for annotation in data["annotations"]:
+            if annotation["category_id"] in excluded or annotation.get("iscrowd", 0):
+                continue
+            info = images[annotation["image_id"]]
+            x, y, w, h = annotation["bbox"]
+            width, height = info["width"], info["height"]
+            if max(w / width, h / height) < min_side:
+                continue
+            box = (x / width, y / height, min(1.0, (x + w) / width), min(1.0, (y + h) / height))
+            boxes.setdefault(Path(info["file_name"]).stem, []).append(box)
+    return boxes
+
+
 def export_coco_folder(
     annotation_file: Path, image_dir: Path, output: Path, rule: CocoFilter = CocoFilter()
 ) -> list[Sample]:

@@ -34,7 +34,16 @@ from bgremove_plugin.transforms import prepare_batch, unpad_and_resize
 
 from .data import IGNORE_LABEL, AugmentConfig, EpochSampler, LoadedSet, TrainingStream, load_backgrounds, load_set
 from .metrics import person_iou
-from .sources import SPLIT_DIR, Sample, data_root, folder_samples, read_split_list, split_samples, write_split_lists
+from .sources import (
+    SPLIT_DIR,
+    Sample,
+    data_root,
+    folder_samples,
+    object_boxes,
+    read_split_list,
+    split_samples,
+    write_split_lists,
+)
 
 log = logging.getLogger("train")
 REPO = Path(__file__).resolve().parents[1]
@@ -376,10 +385,14 @@ class Trainer:
         empty_val_samples: list[Sample] = []
         for source in cfg.sources:
             splits = source_splits(source, cfg.split_seed, root, split_dir)
-            train_sets.append(load_set(
+            train_set = load_set(
                 splits["train"], long_side=cfg.cache_long_side, name=source.path, weight=source.weight,
                 ignore_band=source.ignore_band,
-            ))
+            )
+            if cfg.augment.object_closeup_prob > 0:
+                boxes = object_boxes(root / source.path)
+                train_set.object_boxes = [boxes.get(stem, []) for stem in train_set.stems]
+            train_sets.append(train_set)
             if source.validate:
                 val_samples += splits["val"]
             if source.empty_only:
@@ -398,6 +411,8 @@ class Trainer:
             [p for folder in cfg.backgrounds for p in background_paths(root / folder)], cfg.cache_long_side
         )
         log.info("train images %s, val %d, no-person val %d, backgrounds %d", [len(s.images) for s in train_sets], len(self.val.images), len(self.val_empty.images), len(self.backgrounds))
+        if cfg.augment.object_closeup_prob > 0:
+            log.info("photos with object boxes for close-ups %s", [sum(map(bool, s.object_boxes)) for s in train_sets])
 
     # checkpoint -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
