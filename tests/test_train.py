@@ -80,6 +80,17 @@ def test_the_candidate_report_scores_only_held_out_scenes_without_people(data_ro
         assert not np.asarray(Image.open(data_root / "coco128" / "masks" / f"{photo.stem}.png")).any()
 
 
+def test_the_candidate_report_shows_every_checkpoint_the_same_object_closeups(data_root: Path) -> None:
+    from train.candidate import object_closeups, scenes_without_people
+
+    scenes = scenes_without_people(data_root)
+    first, again = object_closeups(data_root, scenes), object_closeups(data_root, scenes)
+    assert len(first) >= 20  # about one per annotated animal, cup or other object large enough to fill a frame
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    shapes = {np.asarray(Image.open(p)).shape for p in scenes}
+    assert all(window.shape in shapes and window.dtype == np.uint8 for window in first)
+
+
 def test_coco_export_writes_a_folder_source(data_root: Path, tmp_path: Path) -> None:
     samples = export_coco_folder(data_root / COCO_JSON, data_root / "coco128" / "images", tmp_path / "coco_people")
     assert len(samples) == 12

@@ -9,7 +9,8 @@ Writes ``<out>/weights`` (float32, threshold calibrated on the run's validation 
 ``<out>/summary.json``, and prints one table: CCP test, coco128 people and held-out portraits (against the
 teacher's labels) with the default refinement, plus the mean alpha on the two photos without people that
 ``tests/test_api.py`` guards (``tests/fixtures/coffee.jpg`` must stay under 0.25) and on coco128's held-out
-scenes without people (with the share of them above 0.25). Copying a candidate
+scenes without people (with the share of them above 0.25), and on close-ups of those scenes' annotated
+objects (animals, cups: where the weights have called things people). Copying a candidate
 into the package is a separate, deliberate step: ``python -m train.export ... --fp16 --calibrate --onnx``.
 """
 
@@ -23,9 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .data import closeup
 from .evaluate import build_predictor, score, select, summarise
 from .export import export
-from .sources import data_root
+from .sources import data_root, object_boxes
 
 REPO = Path(__file__).resolve().parents[1]
 NO_PERSON_PHOTOS = ("tests/fixtures/coffee.jpg", "tests/fixtures/chelsea.jpg")
@@ -44,6 +46,19 @@ def scenes_without_people(root: Path) -> list[Path]:
     return [s.image for s in samples if not np.asarray(Image.open(s.mask)).any()]
 
 
+def object_closeups(root: Path, scenes: list[Path]) -> list[np.ndarray]:
+    """One close-up per annotated object of ``scenes`` (the held-out scenes without people), the way
+    training draws them, with a fixed seed per photo so that every checkpoint is shown the same windows:
+    an animal or a cup filling the frame, which is where the weights have called things people."""
+    boxes = object_boxes(root / "coco128")
+    windows = []
+    for photo in scenes:
+        image = np.asarray(Image.open(photo).convert("RGB"))
+        rng = np.random.default_rng(int(photo.stem))
+        windows += [closeup(image, rng, box) for box in boxes.get(photo.stem, [])]
+    return windows
+
+
 def measure(weights: Path, root: Path) -> dict[str, object]:
     """Mean IoU / boundary F / MAE on each set and the mean alpha on each no-person photo."""
     predict = build_predictor(str(weights))
@@ -56,11 +71,18 @@ def measure(weights: Path, root: Path) -> dict[str, object]:
     report["no_person_mean_alpha"] = {
         Path(photo).name: round(float(np.mean(predict(REPO / photo))), 4) for photo in NO_PERSON_PHOTOS
     }
-    scene_alphas = [float(np.mean(predict(photo))) for photo in scenes_without_people(root)]
+    scenes = scenes_without_people(root)
+    scene_alphas = [float(np.mean(predict(photo))) for photo in scenes]
     report["scenes_without_people"] = {
         "images": len(scene_alphas),
         "mean_alpha": round(float(np.mean(scene_alphas)), 4),
         "share_above_0.25": round(float(np.mean([a > 0.25 for a in scene_alphas])), 3),
+    }
+    closeup_alphas = [float(np.mean(predict(window))) for window in object_closeups(root, scenes)]
+    report["object_closeups"] = {
+        "images": len(closeup_alphas),
+        "mean_alpha": round(float(np.mean(closeup_alphas)), 4),
+        "share_above_0.25": round(float(np.mean([a > 0.25 for a in closeup_alphas])), 3),
     }
     return report
 
@@ -97,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     print(f"no-person photos, mean alpha: {report['no_person_mean_alpha']}")
     print(f"coco128 val/test scenes without people: {report['scenes_without_people']}")
+    print(f"close-ups of their annotated objects: {report['object_closeups']}")
 
 
 if __name__ == "__main__":

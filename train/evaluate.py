@@ -33,8 +33,9 @@ from .sources import SPLIT_DIR, Sample, data_root, folder_samples, read_split_li
 
 AREA_BUCKETS = ((0.0, 0.05, "<5%"), (0.05, 0.2, "5-20%"), (0.2, 0.4, "20-40%"), (0.4, 1.01, ">=40%"))
 GALLERY_SIZE = 16
-Predictor = Callable[[Path], np.ndarray]
-"""Photo path -> float32 person probability in [0, 1] at the photo's (EXIF-oriented) size."""
+Predictor = Callable[[Path | np.ndarray], np.ndarray]
+"""A photo path (EXIF-oriented) or an RGB array in memory (a close-up window) -> float32 person probability
+in [0, 1] at its size."""
 
 
 def select(source: Path, split: str, masks_dir: Path | None = None) -> list[Sample]:
@@ -48,7 +49,9 @@ def select(source: Path, split: str, masks_dir: Path | None = None) -> list[Samp
     return [s for s in samples if s.stem in wanted]
 
 
-def _oriented_rgb(path: Path) -> np.ndarray:
+def _oriented_rgb(path: Path | np.ndarray) -> np.ndarray:
+    if isinstance(path, np.ndarray):
+        return path
     from bgremove_plugin.api import load_image
     from bgremove_plugin.transforms import to_rgb
 
