@@ -80,6 +80,19 @@ def test_the_candidate_report_scores_only_held_out_scenes_without_people(data_ro
         assert not np.asarray(Image.open(data_root / "coco128" / "masks" / f"{photo.stem}.png")).any()
 
 
+def test_the_candidate_report_can_measure_only_the_photos_without_people(
+    data_root: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.candidate import main as candidate
+
+    candidate(["--weights", str(tiny_weights), "--without-people-only", "--out", str(tmp_path), "--data-root", str(data_root)])
+    report = json.loads((tmp_path / "summary.json").read_text())
+    assert set(report) == {"checkpoint", "no_person_mean_alpha", "scenes_without_people", "object_closeups"}
+    assert report["scenes_without_people"]["images"] == 21 and report["object_closeups"]["images"] >= 20
+    assert all(0 <= alpha <= 1 for alpha in report["no_person_mean_alpha"].values())
+    assert "mean IoU" not in capsys.readouterr().out
+
+
 def test_the_candidate_report_shows_every_checkpoint_the_same_object_closeups(data_root: Path) -> None:
     from train.candidate import object_closeups, scenes_without_people
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .data import closeup
-from .evaluate import build_predictor, score, select, summarise
+from .evaluate import Predictor, build_predictor, score, select, summarise
 from .export import export
 from .sources import data_root, object_boxes
 
@@ -59,39 +59,47 @@ def object_closeups(root: Path, scenes: list[Path]) -> list[np.ndarray]:
     return windows
 
 
-def measure(weights: Path, root: Path) -> dict[str, object]:
-    """Mean IoU / boundary F / MAE on each set and the mean alpha on each no-person photo."""
+def _alpha_summary(alphas: list[float]) -> dict[str, object]:
+    return {
+        "images": len(alphas),
+        "mean_alpha": round(float(np.mean(alphas)), 4),
+        "share_above_0.25": round(float(np.mean([a > 0.25 for a in alphas])), 3),
+    }
+
+
+def measure_without_people(predict: Predictor, root: Path) -> dict[str, object]:
+    """Mean alpha where there is no one to keep: the two test fixtures, the held-out scenes and close-ups of
+    their objects."""
+    scenes = scenes_without_people(root)
+    return {
+        "no_person_mean_alpha": {
+            Path(photo).name: round(float(np.mean(predict(REPO / photo))), 4) for photo in NO_PERSON_PHOTOS
+        },
+        "scenes_without_people": _alpha_summary([float(np.mean(predict(photo))) for photo in scenes]),
+        "object_closeups": _alpha_summary([float(np.mean(predict(window))) for window in object_closeups(root, scenes)]),
+    }
+
+
+def measure(weights: Path | str, root: Path, *, with_people: bool = True) -> dict[str, object]:
+    """Mean IoU / boundary F / MAE on each set with people, then :func:`measure_without_people`."""
     predict = build_predictor(str(weights))
     report: dict[str, object] = {}
-    for name, (source, split, masks, people_only) in SETS.items():
+    for name, (source, split, masks, people_only) in SETS.items() if with_people else ():
         samples = select(root / source, split, REPO / masks / "masks" if masks else None)
         summary = summarise(score(predict, samples, people_only=people_only))
         keys = ("images", "iou", "boundary_f", "mae", "share_iou_below_0.5", "by_person_area")
         report[name] = {key: summary[key] for key in keys}
-    report["no_person_mean_alpha"] = {
-        Path(photo).name: round(float(np.mean(predict(REPO / photo))), 4) for photo in NO_PERSON_PHOTOS
-    }
-    scenes = scenes_without_people(root)
-    scene_alphas = [float(np.mean(predict(photo))) for photo in scenes]
-    report["scenes_without_people"] = {
-        "images": len(scene_alphas),
-        "mean_alpha": round(float(np.mean(scene_alphas)), 4),
-        "share_above_0.25": round(float(np.mean([a > 0.25 for a in scene_alphas])), 3),
-    }
-    closeup_alphas = [float(np.mean(predict(window))) for window in object_closeups(root, scenes)]
-    report["object_closeups"] = {
-        "images": len(closeup_alphas),
-        "mean_alpha": round(float(np.mean(closeup_alphas)), 4),
-        "share_above_0.25": round(float(np.mean([a > 0.25 for a in closeup_alphas])), 3),
-    }
-    return report
+    return {**report, **measure_without_people(predict, root)}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run-dir", type=Path, help="a training run; its --checkpoint is exported first")
-    source.add_argument("--weights", type=Path, help="an existing weights folder, measured as it is")
+    source.add_argument("--weights", help="an existing weights folder, measured as it is, or a peer's name "
+                        "(u2net, u2netp, mediapipe0, mediapipe1; run with .peers/venv/bin/python)")
+    parser.add_argument("--without-people-only", action="store_true",
+                        help="only the photos without people (minutes, not a quarter of an hour, for the slow peers)")
     parser.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt (raw weights)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data-root", type=Path, default=None)
@@ -100,23 +108,24 @@ def main(argv: list[str] | None = None) -> None:
     root = args.data_root or data_root()
     args.out.mkdir(parents=True, exist_ok=True)
     info: dict[str, object] = {}
-    weights = args.weights
+    weights: Path | str = args.weights
     if args.run_dir is not None:
-        weights = args.out / "weights"
+        weights = exported = args.out / "weights"
         info = export(
-            args.run_dir, weights, checkpoint=args.checkpoint, weights="model", calibrate_on=root, data_root=root
+            args.run_dir, exported, checkpoint=args.checkpoint, weights="model", calibrate_on=root, data_root=root
         )
-    report = {"checkpoint": info, **measure(weights, root)}
+    report = {"checkpoint": info, **measure(weights, root, with_people=not args.without_people_only)}
     (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    print("| set | images | mean IoU | boundary F | MAE | IoU < 0.5 | IoU by person area |\n|---|---|---|---|---|---|---|")
-    for name in SETS:
-        row = report[name]
-        assert isinstance(row, dict)
-        areas = " / ".join(f"{label} {bucket['iou']}" for label, bucket in row["by_person_area"].items())
-        print(
-            f"| {name} | {row['images']} | {row['iou']} | {row['boundary_f']} | {row['mae']} | "
-            f"{row['share_iou_below_0.5']:.0%} | {areas} |"
-        )
+    if not args.without_people_only:
+        print("| set | images | mean IoU | boundary F | MAE | IoU < 0.5 | IoU by person area |\n|---|---|---|---|---|---|---|")
+        for name in SETS:
+            row = report[name]
+            assert isinstance(row, dict)
+            areas = " / ".join(f"{label} {bucket['iou']}" for label, bucket in row["by_person_area"].items())
+            print(
+                f"| {name} | {row['images']} | {row['iou']} | {row['boundary_f']} | {row['mae']} | "
+                f"{row['share_iou_below_0.5']:.0%} | {areas} |"
+            )
     print(f"no-person photos, mean alpha: {report['no_person_mean_alpha']}")
     print(f"coco128 val/test scenes without people: {report['scenes_without_people']}")
     print(f"close-ups of their annotated objects: {report['object_closeups']}")
