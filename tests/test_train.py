@@ -104,6 +104,14 @@ def test_the_candidate_report_shows_every_checkpoint_the_same_object_closeups(da
     assert all(window.shape in shapes and window.dtype == np.uint8 for window in first)
 
 
+def test_closeup_windows_are_seeded_by_any_photo_name() -> None:
+    from train.candidate import closeup_seed
+
+    assert closeup_seed("000000000036") == 36  # COCO's names keep the seeds the quoted numbers used
+    assert closeup_seed("my photo") == closeup_seed("my photo") != closeup_seed("my photo 2")
+    assert closeup_seed("IMG_0001") >= 0
+
+
 def test_coco_export_writes_a_folder_source(data_root: Path, tmp_path: Path) -> None:
     samples = export_coco_folder(data_root / COCO_JSON, data_root / "coco128" / "images", tmp_path / "coco_people")
     assert len(samples) == 12
@@ -418,6 +426,32 @@ def test_resumed_run_continues_exactly(tmp_path: Path) -> None:
     assert (tmp_path / "resumed" / "best.pt").exists()
 
 
+def test_an_ema_switched_on_at_resume_starts_from_the_resumed_weights(tmp_path: Path) -> None:
+    first = _trainer(tmp_path, "run", epochs=1)
+    first.run(max_minutes=60)
+    state = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    assert state["ema"] is None
+    cfg = dataclasses.replace(first.cfg, epochs=2, ema_decay=0.9)
+    resumed = Trainer(cfg, tmp_path / "run", torch.device("cpu"), tmp_path, split_dir=tmp_path / "splits")
+    resumed.load(state)
+    images, masks = next(iter(resumed.epoch_loader(resumed.epoch)))
+    resumed.train_step(images, masks)
+    assert resumed.ema is not None
+    averaged = dict(resumed.ema.module.named_parameters())
+    # The first update copies the model: an EMA that kept its fresh initialisation would average noise in.
+    assert all(torch.equal(averaged[name], p) for name, p in resumed.model.named_parameters())
+    resumed.train_step(images, masks)
+    trained = dict(resumed.model.named_parameters())
+    name = next(n for n, p in resumed.model.named_parameters() if p.requires_grad and p.ndim == 4)
+    assert not torch.equal(averaged[name], trained[name])
+    resumed.run(max_minutes=60)
+    saved = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    assert saved["ema"] is not None and saved["epoch"] == 2
+    info = export(tmp_path / "run", tmp_path / "out", checkpoint="last.pt", weights="auto", data_root=tmp_path,
+                  split_dir=tmp_path / "splits")
+    assert info["checkpoint"] == "last.pt (ema)"
+
+
 def test_a_run_with_object_closeups_reads_its_sources_boxes(tmp_path: Path) -> None:
     source = make_folder_source(tmp_path)
     _write_coco_boxes(source, {"000": (96, 128), "001": (96, 128)}, [("000", "cat", [10, 10, 50, 50], 0)])
@@ -548,6 +582,7 @@ def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None
         split_dir=tmp_path / "splits",
     )
     assert info["epoch"] == 3 and info["checkpoint"] == "last.pt (model)"
+    assert info["val_iou"] == last["val_iou"]  # from metrics.jsonl: last.pt does not carry it
     exported = load_model(tmp_path / "from_last").state_dict()
     mean_key = next(k for k in raw if k.endswith("running_mean"))
     assert not torch.allclose(exported[mean_key], raw[mean_key].float())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,12 @@ def scenes_without_people(root: Path) -> list[Path]:
     return [s.image for s in samples if not np.asarray(Image.open(s.mask)).any()]
 
 
+def closeup_seed(stem: str) -> int:
+    """A seed fixed by the photo's name. COCO's numeric names are their own seed (the windows the model
+    card's numbers were measured on); any other name gets a stable hash, not Python's salted ``hash``."""
+    return int(stem) if stem.isdigit() else zlib.crc32(stem.encode())
+
+
 def object_closeups(root: Path, scenes: list[Path]) -> list[np.ndarray]:
     """One close-up per annotated object of ``scenes`` (the held-out scenes without people), the way
     training draws them, with a fixed seed per photo so that every checkpoint is shown the same windows:
@@ -54,7 +61,7 @@ def object_closeups(root: Path, scenes: list[Path]) -> list[np.ndarray]:
     windows = []
     for photo in scenes:
         image = np.asarray(Image.open(photo).convert("RGB"))
-        rng = np.random.default_rng(int(photo.stem))
+        rng = np.random.default_rng(closeup_seed(photo.stem))
         windows += [closeup(image, rng, box) for box in boxes.get(photo.stem, [])]
     return windows
 
@@ -100,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
                         "(u2net, u2netp, mediapipe0, mediapipe1; run with .peers/venv/bin/python)")
     parser.add_argument("--without-people-only", action="store_true",
                         help="only the photos without people (minutes, not a quarter of an hour, for the slow peers)")
-    parser.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt (raw weights)")
+    parser.add_argument("--checkpoint", default="best.pt",
+                        help="best.pt (default) or last.pt (its EMA when the run keeps one, else the raw weights)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data-root", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.run_dir is not None:
         weights = exported = args.out / "weights"
         info = export(
-            args.run_dir, exported, checkpoint=args.checkpoint, weights="model", calibrate_on=root, data_root=root
+            args.run_dir, exported, checkpoint=args.checkpoint, weights="auto", calibrate_on=root, data_root=root
         )
     report = {"checkpoint": info, **measure(weights, root, with_people=not args.without_people_only)}
     (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -73,7 +73,6 @@ class LoadedSet:
     weight: float = 1.0
     name: str = ""
     ignore_band: float = 0.0
-    extra: dict[str, object] = field(default_factory=dict)
     object_boxes: list[list[Box]] = field(default_factory=list)
     """Per photo, the boxes of its annotated non-person objects; empty when the source has no annotations."""
 

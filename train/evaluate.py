@@ -49,13 +49,13 @@ def select(source: Path, split: str, masks_dir: Path | None = None) -> list[Samp
     return [s for s in samples if s.stem in wanted]
 
 
-def _oriented_rgb(path: Path | np.ndarray) -> np.ndarray:
-    if isinstance(path, np.ndarray):
-        return path
+def _oriented_rgb(photo: Path | np.ndarray) -> np.ndarray:
+    if isinstance(photo, np.ndarray):
+        return photo
     from bgremove_plugin.api import load_image
     from bgremove_plugin.transforms import to_rgb
 
-    return np.asarray(to_rgb(load_image(path)))  # what our models see, so every model gets the same pixels
+    return np.asarray(to_rgb(load_image(photo)))  # what our models see, so every model gets the same pixels
 
 
 def build_predictor(

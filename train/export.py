@@ -29,6 +29,8 @@ def _weights_from_training_state(path: Path, which: str) -> dict[str, Any]:
 
     # Our own resumable checkpoint: it holds RNG states, which need the full unpickler.
     state = torch.load(path, map_location="cpu", weights_only=False)
+    if which == "auto":
+        which = "model" if state["ema"] is None else "ema"
     if which == "ema":
         if state["ema"] is None:
             raise SystemExit(f"{path} was trained without EMA; use --weights model")
@@ -40,9 +42,18 @@ def _weights_from_training_state(path: Path, which: str) -> dict[str, Any]:
         "model_kwargs": model_kwargs(config_from_dict(state["config"])),
         "state_dict": weights,
         "epoch": state["epoch"],
-        "val_iou": None,
+        "val_iou": _logged_val_iou(path.parent / "metrics.jsonl", state["epoch"]),
         "samples_seen": state["samples_seen"],
+        "weights": which,
     }
+
+
+def _logged_val_iou(metrics: Path, epoch: int) -> float | None:
+    """The validation IoU the run logged for ``epoch``: ``last.pt`` does not carry its own."""
+    if not metrics.exists():
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return next((row["val_iou"] for row in reversed(rows) if row["epoch"] == epoch), None)
 
 
 def _calibrate(model: TiramisuNet, data_root: Path, run_dir: Path, split_dir: Path | None) -> dict[str, float]:
@@ -84,7 +95,8 @@ def export(
     """Write the weights folder and return the checkpoint's metadata (epoch, val IoU, samples seen).
 
     ``best.pt`` holds the weights that scored best on validation; ``last.pt`` holds the latest
-    training state, from which ``weights`` picks the raw model or its EMA; its BatchNorm statistics
+    training state, from which ``weights`` picks the raw model, its EMA, or ("auto") the EMA when the
+    run keeps one; its BatchNorm statistics
     come from augmented crops, so they are re-estimated on the run's clean photos (needs ``data_root``)
     as validation and ``best.pt`` do. ``onnx`` also writes ``model.onnx`` for the ONNX Runtime backend.
     """
@@ -112,7 +124,7 @@ def export(
     info["run"] = run_dir.name
     if calibration:
         info["calibration"] = calibration
-    info["checkpoint"] = checkpoint if checkpoint != "last.pt" else f"last.pt ({weights})"
+    info["checkpoint"] = checkpoint if checkpoint != "last.pt" else f"last.pt ({saved['weights']})"
     info["dtype"] = "float16" if fp16 else "float32"
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     # The mixin writes a generic README.md; the real card is model_card.md at the repo root.
@@ -131,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--fp16", action="store_true", help="store weights as float16")
     parser.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
-    parser.add_argument("--weights", default="ema", choices=["ema", "model"], help="with last.pt: EMA or raw weights")
+    parser.add_argument("--weights", default="ema", choices=["ema", "model", "auto"],
+                        help="with last.pt: EMA, raw weights, or the EMA when the run keeps one")
     parser.add_argument("--calibrate", action="store_true", help="fit the decision threshold on the run's validation split")
     parser.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE, metavar=("LOW", "HIGH"),
                         help="probabilities at or below LOW give alpha 0, at or above HIGH alpha 1 (default 0.2 0.8)")
