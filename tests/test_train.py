@@ -104,6 +104,39 @@ def test_the_candidate_report_shows_every_checkpoint_the_same_object_closeups(da
     assert all(window.shape in shapes and window.dtype == np.uint8 for window in first)
 
 
+def _candidate_report(iou: float, cat: float = 0.3, closeups: float = 0.03) -> dict[str, object]:
+    from train.candidate import SETS
+
+    return {
+        **{name: {"iou": iou} for name in SETS},
+        "no_person_mean_alpha": {"coffee.jpg": 0.01, "chelsea.jpg": cat},
+        "scenes_without_people": {"mean_alpha": 0.02, "share_above_0.25": 0.0},
+        "object_closeups": {"mean_alpha": closeups, "share_above_0.25": 0.01},
+    }
+
+
+def test_the_ship_rule_wants_more_on_people_and_little_where_there_is_no_one() -> None:
+    from train.candidate import ship_verdict
+
+    shipped = _candidate_report(0.90)
+    assert all(passed for _, passed in ship_verdict(_candidate_report(0.91), shipped))
+    failed = [rule for rule, passed in ship_verdict(_candidate_report(0.90), shipped) if not passed]
+    assert len(failed) == 3 and all("IoU" in rule for rule in failed)  # a tie is not better
+    failed = [rule for rule, passed in ship_verdict(_candidate_report(0.91, cat=0.7, closeups=0.08), shipped) if not passed]
+    assert [rule.split()[0] for rule in failed] == ["chelsea.jpg", "object_closeups"]
+
+
+def test_the_shipped_weights_report_is_the_one_of_the_weights_in_the_package() -> None:
+    from bgremove_plugin.hub import DEFAULT_WEIGHTS_DIR
+    from train.candidate import SETS, SHIPPED_REPORT
+
+    report = json.loads(SHIPPED_REPORT.read_text())
+    shipped = json.loads((DEFAULT_WEIGHTS_DIR / "training_info.json").read_text())
+    # Stale after a new export until the report is measured again: the ship rule would compare with old weights.
+    assert report["checkpoint"] == shipped
+    assert all(0 < report[name]["iou"] <= 1 for name in SETS)
+
+
 def test_closeup_windows_are_seeded_by_any_photo_name() -> None:
     from train.candidate import closeup_seed
 

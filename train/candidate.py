@@ -21,6 +21,7 @@ import json
 import logging
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -31,6 +32,10 @@ from .export import export
 from .sources import data_root, object_boxes
 
 REPO = Path(__file__).resolve().parents[1]
+SHIPPED_REPORT = REPO / "train" / "shipped_candidate.json"
+"""This report for the weights in the package; rewritten whenever weights ship (model_card.md)."""
+BEST_PEER_CAT = 0.62
+"""The lowest mean alpha any peer gives the close-up cat fixture (U²-Net 0.63, MediaPipe 1 0.62; model card)."""
 NO_PERSON_PHOTOS = ("tests/fixtures/coffee.jpg", "tests/fixtures/chelsea.jpg")
 SETS = {
     # name: (source folder under the data root, split, pseudo-label set or None, people only)
@@ -99,6 +104,28 @@ def measure(weights: Path | str, root: Path, *, with_people: bool = True) -> dic
     return {**report, **measure_without_people(predict, root)}
 
 
+def ship_verdict(candidate: dict[str, Any], shipped: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The model card's ship rule, one line per condition: better than the shipped weights on every set
+    with people; where there is no one, far below the peers (they keep 0.17-0.30 of the scenes and
+    close-ups) and the close-up cat below the best of them."""
+    rules = [
+        (f"{name} IoU {candidate[name]['iou']} > shipped {shipped[name]['iou']}", candidate[name]["iou"] > shipped[name]["iou"])
+        for name in SETS
+    ]
+    alphas = candidate["no_person_mean_alpha"]
+    rules += [
+        (f"coffee.jpg {alphas['coffee.jpg']} < 0.25 (the test's floor)", alphas["coffee.jpg"] < 0.25),
+        (f"chelsea.jpg {alphas['chelsea.jpg']} < {BEST_PEER_CAT} (the best peer)", alphas["chelsea.jpg"] < BEST_PEER_CAT),
+    ]
+    for name in ("scenes_without_people", "object_closeups"):
+        row = candidate[name]
+        rules.append((
+            f"{name} mean {row['mean_alpha']} < 0.05, share above 0.25 {row['share_above_0.25']} <= 0.05",
+            row["mean_alpha"] < 0.05 and row["share_above_0.25"] <= 0.05,
+        ))
+    return rules
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -111,12 +138,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="best.pt (default) or last.pt (its EMA when the run keeps one, else the raw weights)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--compare", type=Path, default=SHIPPED_REPORT,
+                        help="the shipped weights' summary.json, for the ship rule's verdict (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     root = args.data_root or data_root()
     args.out.mkdir(parents=True, exist_ok=True)
     info: dict[str, object] = {}
     weights: Path | str = args.weights
+    if args.weights is not None and (Path(args.weights) / "training_info.json").exists():
+        info = json.loads((Path(args.weights) / "training_info.json").read_text())
     if args.run_dir is not None:
         weights = exported = args.out / "weights"
         info = export(
@@ -137,6 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"no-person photos, mean alpha: {report['no_person_mean_alpha']}")
     print(f"coco128 val/test scenes without people: {report['scenes_without_people']}")
     print(f"close-ups of their annotated objects: {report['object_closeups']}")
+    if not args.without_people_only and args.compare.exists():
+        rules = ship_verdict(report, json.loads(args.compare.read_text()))
+        print(f"ship rule against {args.compare}:")
+        for rule, passed in rules:
+            print(f"  {'pass' if passed else 'FAIL'}  {rule}")
+        print("verdict: " + ("ships" if all(passed for _, passed in rules) else "does not ship"))
 
 
 if __name__ == "__main__":
