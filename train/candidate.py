@@ -10,8 +10,9 @@ Writes ``<out>/weights`` (float32, threshold calibrated on the run's validation 
 teacher's labels) with the default refinement, plus the mean alpha on the two photos without people that
 ``tests/test_api.py`` guards (``tests/fixtures/coffee.jpg`` must stay under 0.25) and on coco128's held-out
 scenes without people (with the share of them above 0.25), and on close-ups of those scenes' annotated
-objects (animals, cups: where the weights have called things people). Copying a candidate
-into the package is a separate, deliberate step: ``python -m train.export ... --fp16 --calibrate --onnx``.
+objects (animals, cups: where the weights have called things people). Last, the ship rule's verdict
+against ``train/shipped_candidate.json`` (:func:`ship_verdict`). Copying a candidate into the package is a
+separate, deliberate step: ``python -m train.export ... --fp16 --calibrate --onnx``.
 """
 
 from __future__ import annotations
