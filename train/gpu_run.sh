@@ -6,8 +6,11 @@
 # from that run's last checkpoint: a missing checkpoint never silently restarts from an older one.
 # Everything worth keeping lands in $OUT: the log, and the run folder as a tar split under the 16 MiB-per-file
 # limit of what comes back. A hard timeout leaves time for the packing even if an epoch overruns.
-# PROFILE=1 first times where an epoch's time goes (benchmarks/train_throughput.py); give MINUTES a minute less.
+# PROFILE=1 first times where an epoch's time goes (benchmarks/train_throughput.py), inside the same budget.
+# CALL_SECONDS (default 590) caps the whole script, so that it ends inside the device tool's 10-minute call even
+# when the profile or an epoch runs long: training gets what is left of it after the packing's margin.
 set -u
+call_seconds=${CALL_SECONDS:-590}
 minutes=${1:?minutes}
 shift
 run=train/runs/gpu-fcdn56
@@ -29,7 +32,10 @@ if [ -n "${PROFILE:-}" ]; then
     PYTHONUNBUFFERED=1 PYTHONPATH=. timeout 180 python3 benchmarks/train_throughput.py --run-dir "$run" \
         --data-root data_cache --device "${DEVICE:-cuda}" "${gpu_settings[@]}" 2>&1 | tee -a "$out/train.log"
 fi
-limit=$(python3 -c "print(int($minutes * 60 + 75))")
+# Packing and the return transfer need about 40 s; an epoch that overruns --max-minutes gets up to 75 s more.
+left=$((call_seconds - SECONDS - 40))
+read -r minutes limit < <(python3 -c "m = min($minutes, ($left - 75) / 60); print(round(m, 2), int(min($minutes * 60 + 75, $left)))")
+echo "training for $minutes minutes, hard limit ${limit} s" | tee -a "$out/train.log"
 PYTHONUNBUFFERED=1 PYTHONPATH=. timeout "$limit" python3 -m train.train --run-dir "$run" --resume \
     --data-root data_cache --device "${DEVICE:-cuda}" --max-minutes "$minutes" --epochs 100000 "${gpu_settings[@]}" "$@" 2>&1 | tee -a "$out/train.log"
 last_grid=$(ls "$run/grids" 2>/dev/null | tail -1)
