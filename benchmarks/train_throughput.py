@@ -26,6 +26,18 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _print_top_operators(trainer: Trainer, images: torch.Tensor, masks: torch.Tensor, device: torch.device, count: int) -> None:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(5):
+            trainer.train_step(images, masks)
+        _synchronize(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(profiler.key_averages().table(sort_by=sort_by, row_limit=count, max_name_column_width=60))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True, help="a run folder holding config.json")
@@ -34,6 +46,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="as train.train's --set")
     parser.add_argument("--batches", type=int, default=20, help="batches timed for the loaders and for the steps")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    parser.add_argument("--kernels", type=int, default=0, metavar="N",
+                        help="then profile a few steps and list the N operators that take the most device time")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -60,15 +74,19 @@ def main() -> None:
 
     trainer.model.train()
     images, masks = first
-    for _ in range(3):  # cuDNN's algorithm search and the allocator's first growth
+    started = time.perf_counter()
+    for _ in range(3):  # cuDNN's algorithm search, the allocator's first growth and, with --set compile=..., compiling
         trainer.train_step(images, masks)
     _synchronize(device)
+    print(f"first 3 steps (warm-up{', compile' if cfg.compile else ''}): {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
     for _ in range(args.batches):
         trainer.train_step(images, masks)
     _synchronize(device)
     stepping = time.perf_counter() - started
     print(f"steps (one batch reused, no loading): {samples / stepping:.0f} samples/s")
+    if args.kernels:
+        _print_top_operators(trainer, images, masks, device, args.kernels)
 
     started = time.perf_counter()
     trainer.validate()

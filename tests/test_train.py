@@ -524,6 +524,21 @@ def test_cpu_autocast_is_used_only_when_the_run_asks_for_it(tmp_path: Path) -> N
         assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay float32
 
 
+def test_compiled_steps_train_the_saved_weights_and_save_them_under_their_own_names(tmp_path: Path) -> None:
+    # "eager" runs the same graph capture as "inductor" without generating kernels, so this stays quick on CPU.
+    make_folder_source(tmp_path)
+    cfg = tiny_config(epochs=1, sources=[SourceConfig("synthetic")], compile="eager")
+    (tmp_path / "compiled").mkdir()
+    trainer = Trainer(cfg, tmp_path / "compiled", torch.device("cpu"), tmp_path, split_dir=tmp_path / "splits")
+    assert trainer.step_model is not trainer.model
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run(max_minutes=60)
+    saved = torch.load(tmp_path / "compiled" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    assert saved.keys() == before.keys()  # no "_orig_mod." prefix: export and resume read them as they are
+    changed = [k for k, v in saved.items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert changed, "the compiled steps must update the parameters that are saved"
+
+
 def test_a_best_measured_on_another_val_set_size_is_not_kept_on_resume(tmp_path: Path) -> None:
     first = _trainer(tmp_path, "run", epochs=1)
     first.run(max_minutes=60)
