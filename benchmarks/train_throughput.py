@@ -34,7 +34,7 @@ def _print_top_operators(trainer: Trainer, images: torch.Tensor, masks: torch.Te
         for _ in range(5):
             trainer.train_step(images, masks)
         _synchronize(device)
-    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(profiler.key_averages().table(sort_by=sort_by, row_limit=count, max_name_column_width=60))
 
 

@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -799,9 +800,13 @@ def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_calle
     (run / "last.pt").write_bytes(b"checkpoint")
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    # Stands in for python3: answers the timeout arithmetic, records the training command line.
+    # Stands in for python3: the script's arithmetic runs for real; other calls are recorded, and the throughput
+    # benchmark answers with its steps' rate (eager 336 samples/s; compiled $COMPILED_RATE).
     (fake_bin / "python3").write_text(
-        '#!/bin/bash\nif [ "$1" = -c ]; then echo 120; else printf "%s\\n" "$@" >> "$OUT/argv"; fi\n'
+        f'#!/bin/bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\nprintf "%s\\n" "$@" >> "$OUT/argv"\n'
+        'if [ "$1" = benchmarks/train_throughput.py ]; then\n'
+        '  case "$*" in *compile=*) rate=$COMPILED_RATE;; *) rate=336;; esac\n'
+        '  echo "steps (one batch reused, no loading): $rate samples/s"\nfi\n'
     )
     (fake_bin / "python3").chmod(0o755)
     out = tmp_path / "out"
@@ -826,3 +831,39 @@ def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_calle
     calls = (out / "argv").read_text()
     assert calls.index("benchmarks/train_throughput.py") < calls.index("train.train")
     assert calls.count("batch_size=32") == 2
+
+    # TRY_COMPILE=1: compiled steps are timed too, and the training compiles only if they are over 15% faster.
+    for compiled_rate, expect_compiled in (("700", True), ("350", False), ("", False)):  # "": the compile failed
+        (out / "argv").unlink()
+        done = subprocess.run(["bash", str(script), "1"], cwd=tmp_path, check=False, capture_output=True, text=True,
+                              env={**env, "PROFILE": "1", "TRY_COMPILE": "1", "COMPILED_RATE": compiled_rate})
+        assert done.returncode == 0, done.stderr
+        training = (out / "argv").read_text().split("-m\ntrain.train\n")[1].split("\n")
+        assert ('compile="inductor"' in training) == expect_compiled, compiled_rate
+
+
+def test_the_gpu_session_script_fits_the_training_into_the_call(tmp_path: Path) -> None:
+    # The device tool kills a call at 10 minutes and then nothing comes back: what the profile and the
+    # packing take comes out of the training's minutes, not on top of them.
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "train" / "gpu_run.sh"
+    run = tmp_path / "train" / "runs" / "gpu-fcdn56"
+    run.mkdir(parents=True)
+    (run / "last.pt").write_bytes(b"checkpoint")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text(
+        f'#!/bin/bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\nprintf "%s\\n" "$@" >> "$OUT/argv"\n'
+    )
+    (fake_bin / "python3").chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "OUT": str(out)}
+    for call_seconds, asked, granted in (("590", "7.5", 7.5), ("200", "7.5", 1.42)):
+        done = subprocess.run(["bash", str(script), asked], cwd=tmp_path, check=False, capture_output=True, text=True,
+                              env={**env, "CALL_SECONDS": call_seconds})
+        assert done.returncode == 0, done.stderr
+        argv = (out / "argv").read_text().split("\n")
+        assert float(argv[argv.index("--max-minutes") + 1]) == pytest.approx(granted, abs=0.02)
+        (out / "argv").unlink()

@@ -6,7 +6,8 @@
 # from that run's last checkpoint: a missing checkpoint never silently restarts from an older one.
 # Everything worth keeping lands in $OUT: the log, and the run folder as a tar split under the 16 MiB-per-file
 # limit of what comes back. A hard timeout leaves time for the packing even if an epoch overruns.
-# PROFILE=1 first times where an epoch's time goes (benchmarks/train_throughput.py), inside the same budget.
+# PROFILE=1 first times where an epoch's time goes (benchmarks/train_throughput.py), inside the same budget;
+# TRY_COMPILE=1 with it also times compiled steps and trains compiled if they are over 15% faster.
 # CALL_SECONDS (default 590) caps the whole script, so that it ends inside the device tool's 10-minute call even
 # when the profile or an epoch runs long: training gets what is left of it after the packing's margin.
 set -u
@@ -27,14 +28,31 @@ fi
 # The run's saved config holds its CPU-session settings; these are its GPU ones (one H200, 14 data workers).
 # The epoch is 20 of the CPU's so that validation and the worker start-up stay a small share of the time.
 gpu_settings=(--set batch_size=32 --set num_workers=14 --set samples_per_epoch=10000 --set lr_decay=0.93)
+profile() {  # SECONDS_LIMIT [benchmark options]: logs the benchmark and prints its optimiser steps' samples/s
+    local limit=$1
+    shift
+    PYTHONUNBUFFERED=1 PYTHONPATH=. timeout "$limit" python3 benchmarks/train_throughput.py --run-dir "$run" \
+        --data-root data_cache --device "${DEVICE:-cuda}" "${gpu_settings[@]}" "$@" 2>&1 | tee -a "$out/train.log" \
+        | sed -n 's/^steps (.*): \([0-9]*\) samples\/s$/\1/p'
+}
 if [ -n "${PROFILE:-}" ]; then
-    # About a minute: the loaders alone, the steps alone and validation, with the settings above.
-    PYTHONUNBUFFERED=1 PYTHONPATH=. timeout 180 python3 benchmarks/train_throughput.py --run-dir "$run" \
-        --data-root data_cache --device "${DEVICE:-cuda}" "${gpu_settings[@]}" 2>&1 | tee -a "$out/train.log"
+    # About a minute: the loaders alone, the steps alone (with the operators that take their time) and validation.
+    eager_rate=$(profile 180 --kernels 15)
+    if [ -n "${TRY_COMPILE:-}" ]; then
+        # The steps limit a GPU epoch (train/README.md); compiling them may fuse the memory-bound passes. Train
+        # compiled only if that measurably pays: a failed or slower compile leaves the run as it was.
+        compiled_rate=$(profile 300 --set 'compile="inductor"')
+        if python3 -c "import sys; sys.exit(0 if ${compiled_rate:-0} > 1.15 * ${eager_rate:-0} > 0 else 1)"; then
+            gpu_settings+=(--set 'compile="inductor"')
+        fi
+        echo "optimiser steps: eager ${eager_rate:-?}, compiled ${compiled_rate:-?} samples/s; training with: ${gpu_settings[*]}" \
+            | tee -a "$out/train.log"
+    fi
 fi
 # Packing and the return transfer need about 40 s; an epoch that overruns --max-minutes gets up to 75 s more.
 left=$((call_seconds - SECONDS - 40))
-read -r minutes limit < <(python3 -c "m = min($minutes, ($left - 75) / 60); print(round(m, 2), int(min($minutes * 60 + 75, $left)))")
+limit=$(python3 -c "print(int(min($minutes * 60 + 75, $left)))")
+minutes=$(python3 -c "print(round(min($minutes, ($left - 75) / 60), 2))")
 echo "training for $minutes minutes, hard limit ${limit} s" | tee -a "$out/train.log"
 PYTHONUNBUFFERED=1 PYTHONPATH=. timeout "$limit" python3 -m train.train --run-dir "$run" --resume \
     --data-root data_cache --device "${DEVICE:-cuda}" --max-minutes "$minutes" --epochs 100000 "${gpu_settings[@]}" "$@" 2>&1 | tee -a "$out/train.log"
