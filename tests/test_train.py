@@ -775,33 +775,33 @@ def test_the_gpu_data_copy_refuses_a_mask_filter_it_cannot_apply(
     assert not (tmp_path / "out").exists()  # nothing copied before the refusal
 
 
+GPU_SCRIPT = Path(__file__).resolve().parents[1] / "train" / "gpu_run.sh"
+
+
 def test_the_gpu_session_script_never_restarts_a_run_that_did_not_travel(tmp_path: Path) -> None:
     # On the lent machine an untracked run folder is wiped between calls; resuming an older run instead
     # would silently throw away the GPU's work, so the script must stop unless told where to start.
     import subprocess
 
-    script = Path(__file__).resolve().parents[1] / "train" / "gpu_run.sh"
     (tmp_path / "train" / "runs").mkdir(parents=True)
     out = tmp_path / "out"
     out.mkdir()
     env = {"PATH": "/usr/bin:/bin", "OUT": str(out)}
-    done = subprocess.run(["bash", str(script), "1"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(["bash", str(GPU_SCRIPT), "1"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 2
     assert "last.pt is missing" in (out / "train.log").read_text()
     assert not any(out.glob("gpu-fcdn56.tar.part-*"))
 
 
-def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_caller_override_them(tmp_path: Path) -> None:
-    import subprocess
-
-    script = Path(__file__).resolve().parents[1] / "train" / "gpu_run.sh"
+def _gpu_script_sandbox(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A folder holding a run to resume, and an environment whose python3 stands in for the real one: the
+    script's arithmetic (-c) runs for real; other calls are recorded in $OUT/argv, and the throughput
+    benchmark answers with its steps' rate (eager 336 samples/s; compiled $COMPILED_RATE, empty = failed)."""
     run = tmp_path / "train" / "runs" / "gpu-fcdn56"
     run.mkdir(parents=True)
     (run / "last.pt").write_bytes(b"checkpoint")
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    # Stands in for python3: the script's arithmetic runs for real; other calls are recorded, and the throughput
-    # benchmark answers with its steps' rate (eager 336 samples/s; compiled $COMPILED_RATE).
     (fake_bin / "python3").write_text(
         f'#!/bin/bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\nprintf "%s\\n" "$@" >> "$OUT/argv"\n'
         'if [ "$1" = benchmarks/train_throughput.py ]; then\n'
@@ -811,11 +811,23 @@ def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_calle
     (fake_bin / "python3").chmod(0o755)
     out = tmp_path / "out"
     out.mkdir()
-    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "OUT": str(out)}
-    done = subprocess.run(["bash", str(script), "1", "--set", "batch_size=16"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, check=False)
+    return out, {"PATH": f"{fake_bin}:/usr/bin:/bin", "OUT": str(out)}
+
+
+def _run_gpu_script(tmp_path: Path, env: dict[str, str], *args: str) -> list[str]:
+    """Runs the script in the sandbox; returns the recorded python3 calls' arguments, one per line."""
+    import subprocess
+
+    argv_file = Path(env["OUT"]) / "argv"
+    argv_file.unlink(missing_ok=True)
+    done = subprocess.run(["bash", str(GPU_SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    argv = (out / "argv").read_text().split("\n")
+    return argv_file.read_text().split("\n")
+
+
+def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_caller_override_them(tmp_path: Path) -> None:
+    out, env = _gpu_script_sandbox(tmp_path)
+    argv = _run_gpu_script(tmp_path, env, "1", "--set", "batch_size=16")
     assert argv[:4] == ["-m", "train.train", "--run-dir", "train/runs/gpu-fcdn56"] and "--resume" in argv
     settings = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     assert settings[:4] == ["batch_size=32", "num_workers=14", "samples_per_epoch=10000", "lr_decay=0.93"]
@@ -824,46 +836,21 @@ def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_calle
     assert b"checkpoint" in packed
 
     # PROFILE=1: the throughput benchmark runs first, with the same GPU settings, then the training.
-    (out / "argv").unlink()
-    done = subprocess.run(["bash", str(script), "1"], cwd=tmp_path, env={**env, "PROFILE": "1"},
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-    calls = (out / "argv").read_text()
+    calls = "\n".join(_run_gpu_script(tmp_path, {**env, "PROFILE": "1"}, "1"))
     assert calls.index("benchmarks/train_throughput.py") < calls.index("train.train")
     assert calls.count("batch_size=32") == 2
 
     # TRY_COMPILE=1: compiled steps are timed too, and the training compiles only if they are over 15% faster.
-    for compiled_rate, expect_compiled in (("700", True), ("350", False), ("", False)):  # "": the compile failed
-        (out / "argv").unlink()
-        done = subprocess.run(["bash", str(script), "1"], cwd=tmp_path, check=False, capture_output=True, text=True,
-                              env={**env, "PROFILE": "1", "TRY_COMPILE": "1", "COMPILED_RATE": compiled_rate})
-        assert done.returncode == 0, done.stderr
-        training = (out / "argv").read_text().split("-m\ntrain.train\n")[1].split("\n")
+    for compiled_rate, expect_compiled in (("700", True), ("350", False), ("", False)):
+        calls = "\n".join(_run_gpu_script(tmp_path, {**env, "PROFILE": "1", "TRY_COMPILE": "1", "COMPILED_RATE": compiled_rate}, "1"))
+        training = calls.split("-m\ntrain.train\n")[1].split("\n")
         assert ('compile="inductor"' in training) == expect_compiled, compiled_rate
 
 
 def test_the_gpu_session_script_fits_the_training_into_the_call(tmp_path: Path) -> None:
     # The device tool kills a call at 10 minutes and then nothing comes back: what the profile and the
     # packing take comes out of the training's minutes, not on top of them.
-    import subprocess
-
-    script = Path(__file__).resolve().parents[1] / "train" / "gpu_run.sh"
-    run = tmp_path / "train" / "runs" / "gpu-fcdn56"
-    run.mkdir(parents=True)
-    (run / "last.pt").write_bytes(b"checkpoint")
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    (fake_bin / "python3").write_text(
-        f'#!/bin/bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\nprintf "%s\\n" "$@" >> "$OUT/argv"\n'
-    )
-    (fake_bin / "python3").chmod(0o755)
-    out = tmp_path / "out"
-    out.mkdir()
-    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "OUT": str(out)}
+    _, env = _gpu_script_sandbox(tmp_path)
     for call_seconds, asked, granted in (("590", "7.5", 7.5), ("200", "7.5", 1.42)):
-        done = subprocess.run(["bash", str(script), asked], cwd=tmp_path, check=False, capture_output=True, text=True,
-                              env={**env, "CALL_SECONDS": call_seconds})
-        assert done.returncode == 0, done.stderr
-        argv = (out / "argv").read_text().split("\n")
+        argv = _run_gpu_script(tmp_path, {**env, "CALL_SECONDS": call_seconds}, asked)
         assert float(argv[argv.index("--max-minutes") + 1]) == pytest.approx(granted, abs=0.02)
-        (out / "argv").unlink()
