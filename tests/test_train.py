@@ -127,6 +127,21 @@ def test_the_ship_rule_wants_more_on_people_and_little_where_there_is_no_one() -
     assert [rule.split()[0] for rule in failed] == ["chelsea.jpg", "object_closeups"]
 
 
+def test_the_ship_rule_says_on_how_many_photos_a_set_moved() -> None:
+    from train.candidate import paired_counts, ship_verdict
+
+    shipped_photos = {"a": 0.50, "b": 0.50, "c": 0.50, "d": 0.50}
+    candidate_photos = {"a": 0.60, "b": 0.515, "c": 0.40, "d": 0.45, "new": 1.0}  # "new": not in both, not counted
+    assert paired_counts(candidate_photos, shipped_photos) == (1, 2)
+    shipped, candidate = _candidate_report(0.90), _candidate_report(0.91)
+    shipped["coco128_people"]["per_image_iou"] = shipped_photos
+    candidate["coco128_people"]["per_image_iou"] = candidate_photos
+    lines = dict(ship_verdict(candidate, shipped))
+    coco = next(line for line in lines if line.startswith("coco128_people"))
+    assert coco.endswith("(ahead by > 0.02 on 1 photos, behind on 2)") and lines[coco]  # informs; the rule is the means'
+    assert not any("ahead" in line for line in lines if line.startswith("ccp_test"))  # older reports hold no photos
+
+
 def test_the_shipped_weights_report_is_the_one_of_the_weights_in_the_package() -> None:
     from bgremove_plugin.hub import DEFAULT_WEIGHTS_DIR
     from train.candidate import SETS, SHIPPED_REPORT
