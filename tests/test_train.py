@@ -443,11 +443,11 @@ def test_mean_absolute_error_of_soft_masks() -> None:
 # --- loop, resume, export ------------------------------------------------------------------------
 
 
-def _trainer(tmp_path: Path, run: str, epochs: int) -> Trainer:
+def _trainer(tmp_path: Path, run: str, epochs: int, *, compile: str = "") -> Trainer:
     source = tmp_path / "synthetic"
     if not source.exists():
         make_folder_source(tmp_path)
-    cfg = tiny_config(epochs=epochs, sources=[SourceConfig("synthetic")])
+    cfg = tiny_config(epochs=epochs, sources=[SourceConfig("synthetic")], compile=compile)
     run_dir = tmp_path / run
     run_dir.mkdir(exist_ok=True)
     return Trainer(cfg, run_dir, torch.device("cpu"), tmp_path, split_dir=tmp_path / "splits")
@@ -542,10 +542,7 @@ def test_cpu_autocast_is_used_only_when_the_run_asks_for_it(tmp_path: Path) -> N
 
 def test_compiled_steps_train_the_saved_weights_and_save_them_under_their_own_names(tmp_path: Path) -> None:
     # "eager" runs the same graph capture as "inductor" without generating kernels, so this stays quick on CPU.
-    make_folder_source(tmp_path)
-    cfg = tiny_config(epochs=1, sources=[SourceConfig("synthetic")], compile="eager")
-    (tmp_path / "compiled").mkdir()
-    trainer = Trainer(cfg, tmp_path / "compiled", torch.device("cpu"), tmp_path, split_dir=tmp_path / "splits")
+    trainer = _trainer(tmp_path, "compiled", epochs=1, compile="eager")
     assert trainer.step_model is not trainer.model
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.run(max_minutes=60)

@@ -108,7 +108,11 @@ def measure(weights: Path | str, root: Path, *, with_people: bool = True) -> dic
     return {**report, **measure_without_people(predict, root)}
 
 
-def paired_counts(candidate: dict[str, float], shipped: dict[str, float], *, margin: float = 0.02) -> tuple[int, int]:
+PAIRED_MARGIN = 0.02
+"""IoU by which a photo counts as ahead or behind in the verdict's per-photo counts."""
+
+
+def paired_counts(candidate: dict[str, float], shipped: dict[str, float], *, margin: float = PAIRED_MARGIN) -> tuple[int, int]:
     """How many photos (measured by both) the candidate is ahead on, and behind on, by more than ``margin`` IoU."""
     both = candidate.keys() & shipped.keys()
     return (
@@ -128,7 +132,7 @@ def ship_verdict(candidate: dict[str, Any], shipped: dict[str, Any]) -> list[tup
         line = f"{name} IoU {candidate[name]['iou']} > shipped {shipped[name]['iou']}"
         if "per_image_iou" in candidate[name] and "per_image_iou" in shipped[name]:
             ahead, behind = paired_counts(candidate[name]["per_image_iou"], shipped[name]["per_image_iou"])
-            line += f" (ahead by > 0.02 on {ahead} photos, behind on {behind})"
+            line += f" (ahead by > {PAIRED_MARGIN} on {ahead} photos, behind on {behind})"
         rules.append((line, candidate[name]["iou"] > shipped[name]["iou"]))
     alphas = candidate["no_person_mean_alpha"]
     rules += [
