@@ -857,6 +857,8 @@ def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_calle
         calls = "\n".join(_run_gpu_script(tmp_path, {**env, "PROFILE": "1", "TRY_COMPILE": "1", "COMPILED_RATE": compiled_rate}, "1"))
         training = calls.split("-m\ntrain.train\n")[1].split("\n")
         assert ('compile="inductor"' in training) == expect_compiled, compiled_rate
+        eager_profile, compiled_profile = calls.split("-m\ntrain.train\n")[0].split("benchmarks/train_throughput.py")[1:]
+        assert "--no-validation" not in eager_profile and "--no-validation" in compiled_profile
 
 
 def test_the_gpu_session_script_fits_the_training_into_the_call(tmp_path: Path) -> None:
