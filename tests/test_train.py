@@ -618,6 +618,7 @@ def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None
     assert config["augment"]["patch_size"] == 64 and config["optimizer"] == "adamw"
     session = json.loads((run_dir / "sessions.jsonl").read_text().splitlines()[0])
     assert session["git_commit"] and session["start_epoch"] == 0
+    assert session["data_root"] == str(tmp_path)
     with pytest.raises(SystemExit, match="--resume"):
         main([*common, "--epochs", "1"])
     main([*common, "--resume", "--epochs", "2"])

@@ -591,7 +591,8 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         # Training crops have one fixed shape, so cuDNN's per-shape algorithm search pays for itself.
         torch.backends.cudnn.benchmark = True
-    trainer = Trainer(cfg, run_dir, device, args.data_root or data_root(), args.split_dir)
+    root = args.data_root or data_root()
+    trainer = Trainer(cfg, run_dir, device, root, args.split_dir)
     if checkpoint is not None:
         trainer.load(checkpoint)
         if any(item.partition("=")[0] == "lr" for item in args.set):
@@ -605,7 +606,8 @@ def main(argv: list[str] | None = None) -> None:
         f.write(json.dumps({
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(), "start_epoch": trainer.epoch,
             "device": str(device), "torch": torch.__version__, "host": platform.node(), "threads": torch.get_num_threads(),
-            "overrides": args.set,
+            # The same config can train on another copy of the data (a lent GPU's JPEG-75 copy): say which.
+            "overrides": args.set, "data_root": str(root),
         }) + "\n")
     trainer.run(args.max_minutes)
 
