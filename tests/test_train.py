@@ -128,7 +128,7 @@ def test_the_ship_rule_wants_more_on_people_and_little_where_there_is_no_one() -
 
 
 def test_the_ship_rule_says_on_how_many_photos_a_set_moved() -> None:
-    from train.candidate import paired_counts, ship_verdict
+    from train.candidate import paired_counts, paired_interval, ship_verdict
 
     shipped_photos = {"a": 0.50, "b": 0.50, "c": 0.50, "d": 0.50}
     candidate_photos = {"a": 0.60, "b": 0.515, "c": 0.40, "d": 0.45, "new": 1.0}  # "new": not in both, not counted
@@ -138,8 +138,25 @@ def test_the_ship_rule_says_on_how_many_photos_a_set_moved() -> None:
     candidate["coco128_people"]["per_image_iou"] = candidate_photos
     lines = dict(ship_verdict(candidate, shipped))
     coco = next(line for line in lines if line.startswith("coco128_people"))
-    assert coco.endswith("(ahead by > 0.02 on 1 photos, behind on 2)") and lines[coco]  # informs; the rule is the means'
+    mean, low, high = paired_interval(candidate_photos, shipped_photos)
+    assert mean == pytest.approx(-0.00875) and low < mean < high
+    assert coco.endswith(f"(ahead by > 0.02 on 1 photos, behind on 2; per photo {mean:+.4f}, 95% interval {low:+.4f} to {high:+.4f})")
+    assert lines[coco]  # informs; the rule is the means'
     assert not any("ahead" in line for line in lines if line.startswith("ccp_test"))  # older reports hold no photos
+
+
+def test_the_paired_interval_says_whether_resampling_the_photos_explains_a_difference() -> None:
+    from train.candidate import paired_interval
+
+    shipped = {str(i): 0.5 for i in range(40)}
+    everywhere = {stem: iou + 0.01 for stem, iou in shipped.items()}
+    assert paired_interval(everywhere, shipped) == pytest.approx((0.01, 0.01, 0.01))
+    # The same mean gain from one photo that swung: the interval reaches 0.
+    one_photo = {**shipped, "0": 0.9}
+    mean, low, high = paired_interval(one_photo, shipped)
+    assert mean == pytest.approx(0.01) and low == 0.0 < high
+    with pytest.raises(ValueError, match="no photo"):
+        paired_interval({"a": 1.0}, {"b": 1.0})
 
 
 def test_the_shipped_weights_report_is_the_one_of_the_weights_in_the_package() -> None:
@@ -654,6 +671,14 @@ def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None
     # The threshold is fitted on the run's own validation photos (the synthetic source here, not CCP).
     info = export(run_dir, tmp_path / "calibrated", calibrate_on=tmp_path, split_dir=tmp_path / "splits")
     assert 0.0 < info["calibration"]["threshold"] < 1.0  # type: ignore[index]
+    assert info["calibration"]["sources"] == ["synthetic"]  # type: ignore[index]
+    # A source marked ``calibrate`` joins the fit without joining validation; one marked neither stays out.
+    make_folder_source(tmp_path / "other")
+    config = json.loads((run_dir / "config.json").read_text())
+    config["sources"] += [{"path": "other/synthetic", "validate": False, "calibrate": True}, {"path": "coco", "validate": False}]
+    (run_dir / "config.json").write_text(json.dumps(config))
+    info = export(run_dir, tmp_path / "calibrated", calibrate_on=tmp_path, split_dir=tmp_path / "splits")
+    assert info["calibration"]["sources"] == ["synthetic", "other/synthetic"]  # type: ignore[index]
 
 
 def test_calibration_moves_the_decision_point_to_the_best_threshold() -> None:
@@ -663,7 +688,7 @@ def test_calibration_moves_the_decision_point_to_the_best_threshold() -> None:
     truth = np.zeros((8, 8), dtype=np.uint8)
     truth[:, :4] = 255
     under_confident = np.where(truth > 0, 0.35, 0.1)  # the person is there, but below 0.5
-    threshold, iou, iou_at_half = best_threshold([under_confident], [truth])
+    threshold, iou, iou_at_half = best_threshold([([under_confident], [truth])])
     assert iou == 1.0 and iou_at_half == 0.0 and threshold <= 0.35
 
     torch.manual_seed(0)
@@ -671,6 +696,15 @@ def test_calibration_moves_the_decision_point_to_the_best_threshold() -> None:
     x = torch.randn(1, 3, 32, 32)
     with torch.inference_mode():
         before = model(x)[0]
+    # Each group (a source's validation photos) weighs the same however many photos it has: ten photos that
+    # want a threshold above 0.55 do not outvote one portrait that is lost above 0.35.
+    confident_background = np.where(truth > 0, 0.7, 0.55)
+    groups = [([confident_background] * 10, [truth] * 10), ([under_confident], [truth])]
+    threshold, iou, _ = best_threshold(groups)
+    assert threshold <= 0.35 and iou == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="at least one validation photo"):
+        best_threshold([([], [])])
+
     shift_person_logit(model, 0.3)
     with torch.inference_mode():
         after = model(x)[0]
@@ -699,6 +733,24 @@ def test_evaluation_harness_writes_csv_summary_and_gallery(
     assert rows[0] == "model,stem,iou,boundary_f,mae,person_area,seconds" and len(rows) == 1 + 2 * 5
     gallery = Image.open(next(out.glob("worst_*.png")))
     assert gallery.width == 12 * 192 and gallery.height >= 192
+
+
+def test_the_harness_scores_at_the_threshold_asked_for(tmp_path: Path) -> None:
+    from train.evaluate import score
+
+    truth = np.zeros((16, 16), dtype=np.uint8)
+    truth[:, :8] = 255
+    Image.fromarray(truth).save(tmp_path / "mask.png")
+    samples = [Sample("a", tmp_path / "photo.jpg", tmp_path / "mask.png")]
+    faint = np.where(truth > 0, 0.35, 0.05).astype(np.float32)  # the person, under-confident
+
+    def predict(_: object) -> np.ndarray:
+        return faint
+
+    at_half, = score(predict, samples)
+    at_low, = score(predict, samples, threshold=0.3)
+    assert at_half["iou"] == 0.0 and at_low["iou"] == 1.0 and at_low["boundary_f"] == 1.0
+    assert at_half["mae"] == at_low["mae"]  # the soft alpha's error does not depend on the threshold
 
 
 def test_full_size_masks_fit_a_downscaled_copy_of_their_photos(tmp_path: Path) -> None:

@@ -121,18 +121,37 @@ def paired_counts(candidate: dict[str, float], shipped: dict[str, float], *, mar
     )
 
 
+def paired_interval(
+    candidate: dict[str, float], shipped: dict[str, float], *, draws: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """The mean per-photo IoU difference (candidate minus shipped, photos measured by both) and its 95%
+    bootstrap interval: an interval that excludes 0 moved the set beyond what resampling its photos explains."""
+    both = sorted(candidate.keys() & shipped.keys())
+    differences = np.array([candidate[stem] - shipped[stem] for stem in both])
+    if differences.size == 0:
+        raise ValueError("no photo was measured in both reports")
+    resampled = differences[np.random.default_rng(seed).integers(0, differences.size, (draws, differences.size))]
+    low, high = np.percentile(resampled.mean(axis=1), [2.5, 97.5])
+    return float(differences.mean()), float(low), float(high)
+
+
 def ship_verdict(candidate: dict[str, Any], shipped: dict[str, Any]) -> list[tuple[str, bool]]:
     """The model card's ship rule, one line per condition: better than the shipped weights on every set
     with people; where there is no one, far below the peers (they keep 0.17-0.30 of the scenes and
     close-ups) and the close-up cat below the best of them. Where both reports hold per-photo IoUs, a set's
-    line also says on how many photos the candidate is ahead and behind: a mean moved by a few photos
-    (coco128's swing 0.02-0.03 between neighbouring epochs) reads differently from one moved by many."""
+    line also says on how many photos the candidate is ahead and behind, and the paired difference with its
+    bootstrap interval (:func:`paired_interval`): a mean moved by a few photos (coco128's swing 0.02-0.03
+    between neighbouring epochs) reads differently from one moved by many. They inform; the rule is the means'."""
     rules = []
     for name in SETS:
         line = f"{name} IoU {candidate[name]['iou']} > shipped {shipped[name]['iou']}"
         if "per_image_iou" in candidate[name] and "per_image_iou" in shipped[name]:
             ahead, behind = paired_counts(candidate[name]["per_image_iou"], shipped[name]["per_image_iou"])
-            line += f" (ahead by > {PAIRED_MARGIN} on {ahead} photos, behind on {behind})"
+            mean, low, high = paired_interval(candidate[name]["per_image_iou"], shipped[name]["per_image_iou"])
+            line += (
+                f" (ahead by > {PAIRED_MARGIN} on {ahead} photos, behind on {behind}; per photo {mean:+.4f}, "
+                f"95% interval {low:+.4f} to {high:+.4f})"
+            )
         rules.append((line, candidate[name]["iou"] > shipped[name]["iou"]))
     alphas = candidate["no_person_mean_alpha"]
     rules += [

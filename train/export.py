@@ -56,8 +56,9 @@ def _logged_val_iou(metrics: Path, epoch: int) -> float | None:
     return next((row["val_iou"] for row in reversed(rows) if row["epoch"] == epoch), None)
 
 
-def _calibrate(model: TiramisuNet, data_root: Path, run_dir: Path, split_dir: Path | None) -> dict[str, float]:
-    """Fit the decision threshold on the run's validation photos (its sources with ``validate=True``)."""
+def _calibrate(model: TiramisuNet, data_root: Path, run_dir: Path, split_dir: Path | None) -> dict[str, object]:
+    """Fit the decision threshold on the run's validation photos: those of its sources with ``validate``
+    or ``calibrate``, each source weighing the same (:func:`train.calibrate.best_threshold`)."""
     from .calibrate import best_threshold, shift_person_logit
     from .data import load_set
     from .train import SPLIT_DIR, SourceConfig, TrainConfig, config_from_dict, predict_probabilities, source_splits
@@ -66,17 +67,19 @@ def _calibrate(model: TiramisuNet, data_root: Path, run_dir: Path, split_dir: Pa
     cfg = config_from_dict(json.loads(config_path.read_text())) if config_path.exists() else TrainConfig(
         sources=[SourceConfig("ccp")]
     )
-    samples = [
-        sample
-        for source in cfg.sources
-        if source.validate
-        for sample in source_splits(source, cfg.split_seed, data_root, split_dir or SPLIT_DIR)["val"]
-    ]
-    val = load_set(samples)
-    probabilities = predict_probabilities(model.eval(), val.images, torch.device("cpu"))
-    threshold, iou, iou_at_half = best_threshold(probabilities, val.masks)
+    chosen = [source for source in cfg.sources if source.validate or source.calibrate]
+    groups = []
+    for source in chosen:
+        val = load_set(source_splits(source, cfg.split_seed, data_root, split_dir or SPLIT_DIR)["val"])
+        groups.append((predict_probabilities(model.eval(), val.images, torch.device("cpu")), val.masks))
+    threshold, iou, iou_at_half = best_threshold(groups)
     shift_person_logit(model, threshold)
-    return {"threshold": threshold, "val_iou_at_threshold": round(iou, 4), "val_iou_at_0.5": round(iou_at_half, 4)}
+    return {
+        "threshold": threshold,
+        "val_iou_at_threshold": round(iou, 4),
+        "val_iou_at_0.5": round(iou_at_half, 4),
+        "sources": [source.path for source in chosen],
+    }
 
 
 def export(

@@ -64,6 +64,9 @@ class SourceConfig:
     """Mask values within 0.5 +/- this (soft teacher probabilities) are left out of the loss."""
     empty_only: bool = False
     """Keep only the photos whose mask is empty: scenes without people, so the model learns to answer 'none'."""
+    calibrate: bool = False
+    """Whether its val split also fits the exported model's decision threshold (validated sources always
+    do): pseudo-labelled portraits, so that the threshold is not CCP's alone. Training ignores it."""
 
 
 @dataclass
