@@ -690,12 +690,6 @@ def test_calibration_moves_the_decision_point_to_the_best_threshold() -> None:
     under_confident = np.where(truth > 0, 0.35, 0.1)  # the person is there, but below 0.5
     threshold, iou, iou_at_half = best_threshold([([under_confident], [truth])])
     assert iou == 1.0 and iou_at_half == 0.0 and threshold <= 0.35
-
-    torch.manual_seed(0)
-    model = TiramisuNet(down_layers=[1], bottleneck_layers=1, growth_rate=4, first_conv_channels=8, pad_multiple=32).eval()
-    x = torch.randn(1, 3, 32, 32)
-    with torch.inference_mode():
-        before = model(x)[0]
     # Each group (a source's validation photos) weighs the same however many photos it has: ten photos that
     # want a threshold above 0.55 do not outvote one portrait that is lost above 0.35.
     confident_background = np.where(truth > 0, 0.7, 0.55)
@@ -705,6 +699,11 @@ def test_calibration_moves_the_decision_point_to_the_best_threshold() -> None:
     with pytest.raises(ValueError, match="at least one validation photo"):
         best_threshold([([], [])])
 
+    torch.manual_seed(0)
+    model = TiramisuNet(down_layers=[1], bottleneck_layers=1, growth_rate=4, first_conv_channels=8, pad_multiple=32).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        before = model(x)[0]
     shift_person_logit(model, 0.3)
     with torch.inference_mode():
         after = model(x)[0]
