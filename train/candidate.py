@@ -112,9 +112,14 @@ PAIRED_MARGIN = 0.02
 """IoU by which a photo counts as ahead or behind in the verdict's per-photo counts."""
 
 
+def _photos_in_both(candidate: dict[str, float], shipped: dict[str, float]) -> list[str]:
+    """The photos both reports measured, in a fixed order (a new set's photos are not compared)."""
+    return sorted(candidate.keys() & shipped.keys())
+
+
 def paired_counts(candidate: dict[str, float], shipped: dict[str, float], *, margin: float = PAIRED_MARGIN) -> tuple[int, int]:
     """How many photos (measured by both) the candidate is ahead on, and behind on, by more than ``margin`` IoU."""
-    both = candidate.keys() & shipped.keys()
+    both = _photos_in_both(candidate, shipped)
     return (
         sum(candidate[stem] > shipped[stem] + margin for stem in both),
         sum(candidate[stem] < shipped[stem] - margin for stem in both),
@@ -126,8 +131,7 @@ def paired_interval(
 ) -> tuple[float, float, float]:
     """The mean per-photo IoU difference (candidate minus shipped, photos measured by both) and its 95%
     bootstrap interval: an interval that excludes 0 moved the set beyond what resampling its photos explains."""
-    both = sorted(candidate.keys() & shipped.keys())
-    differences = np.array([candidate[stem] - shipped[stem] for stem in both])
+    differences = np.array([candidate[stem] - shipped[stem] for stem in _photos_in_both(candidate, shipped)])
     if differences.size == 0:
         raise ValueError("no photo was measured in both reports")
     resampled = differences[np.random.default_rng(seed).integers(0, differences.size, (draws, differences.size))]

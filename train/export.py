@@ -68,10 +68,11 @@ def _calibrate(model: TiramisuNet, data_root: Path, run_dir: Path, split_dir: Pa
         sources=[SourceConfig("ccp")]
     )
     chosen = [source for source in cfg.sources if source.validate or source.calibrate]
+    model.eval()
     groups = []
     for source in chosen:
         val = load_set(source_splits(source, cfg.split_seed, data_root, split_dir or SPLIT_DIR)["val"])
-        groups.append((predict_probabilities(model.eval(), val.images, torch.device("cpu")), val.masks))
+        groups.append((predict_probabilities(model, val.images, torch.device("cpu")), val.masks))
     threshold, iou, iou_at_half = best_threshold(groups)
     shift_person_logit(model, threshold)
     return {
