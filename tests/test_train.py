@@ -15,6 +15,7 @@ from PIL import Image
 pytest.importorskip("pycocotools", reason="training tests need the [train] extra (pycocotools)")
 
 from bgremove_plugin import BackgroundRemover, load_model
+from train.bystanders import bystander_region, tile_starts, tiled_probability
 from train.data import (
     IGNORE_LABEL,
     AugmentConfig,
@@ -24,6 +25,7 @@ from train.data import (
     augment,
     closeup,
     crowd_scene,
+    load_set,
 )
 from train.export import export
 from train.metrics import boundary_f_score, mean_absolute_error, person_iou
@@ -302,6 +304,110 @@ def test_crowds_replace_only_draws_of_human_labelled_people() -> None:
         else:
             # the same photo, pasted small: a smaller share of the crop is person
             assert crowd_mask.float().mean() < plain_mask.float().mean() or not plain_mask.any()
+
+
+def _subject_and_bystander(height: int = 120, width: int = 120) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A red subject (labelled) at the left and a red passer-by (unlabelled) at the right, its region marked."""
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[...] = (0, 0, 255)
+    subject = np.zeros((height, width), dtype=np.uint8)
+    subject[10:110, 15:45] = 255
+    region = np.zeros((height, width), dtype=np.uint8)
+    region[40:100, 80:100] = 255
+    image[(subject > 0) | (region > 0)] = (255, 0, 0)
+    return image, subject, region
+
+
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_ignore_regions_leave_the_unlabelled_people_out_of_the_loss_and_flip_with_the_crop(flip: float) -> None:
+    image, subject, region = _subject_and_bystander()
+    cfg = AugmentConfig(patch_size=120, input_size=120, scale_jitter=(1.0, 1.0), portrait_prob=0.0, flip_prob=flip,
+                        color_jitter=0.0, noise_prob=0.0, blur_prob=0.0, grayscale_prob=0.0)
+    _, plain = augment(image, subject, cfg, np.random.default_rng(3))
+    out_image, marked = augment(image, subject, cfg, np.random.default_rng(3), ignore_region=region)
+    left_out = marked == IGNORE_LABEL
+    np.testing.assert_array_equal(marked[~left_out], plain[~left_out])  # the region removes pixels, never flips them
+    red = out_image[..., 0].astype(int) > out_image[..., 2].astype(int)
+    # What is left out is the red passer-by, not the subject: red, and labelled background before.
+    assert left_out.sum() > 500 and red[left_out].mean() > 0.9 and not plain[left_out].any()
+    assert (plain == 1).sum() > 1000 and not left_out[plain == 1].any()
+
+
+def test_a_photo_pasted_onto_another_background_keeps_no_ignore_region() -> None:
+    image, subject, region = _subject_and_bystander()
+    background = np.zeros((120, 120, 3), dtype=np.uint8)
+    cfg = AugmentConfig(patch_size=120, input_size=120, scale_jitter=(1.0, 1.0), portrait_prob=0.0, composite_prob=1.0)
+    for seed in range(4):
+        _, mask = augment(image, subject, cfg, np.random.default_rng(seed), [background], ignore_region=region)
+        assert set(np.unique(mask)) == {0, 1}
+
+
+def test_load_set_reads_ignore_regions_where_a_photo_has_one(tmp_path: Path) -> None:
+    folder = make_folder_source(tmp_path, count=3, size=(200, 100))
+    regions = tmp_path / "regions"
+    regions.mkdir()
+    marked = np.zeros((100, 200), dtype=np.uint8)
+    marked[:, 150:] = 255
+    Image.fromarray(marked).save(regions / "001.png")
+    loaded = load_set(folder_samples(folder), long_side=100, ignore_dir=regions)
+    assert [r is None for r in loaded.ignore_regions] == [True, False, True]
+    region = loaded.ignore_regions[1]
+    assert region is not None and region.shape == loaded.masks[1].shape == (50, 100)  # scaled with the photo
+    assert region[:, 80:].min() == 255 and region[:, :70].max() == 0
+    with pytest.raises(FileNotFoundError, match="ignore regions"):
+        load_set(folder_samples(folder), ignore_dir=tmp_path / "missing")
+
+    stream = TrainingStream(EpochSampler([loaded], seed=0), 0, 30, AugmentConfig(patch_size=48, input_size=100), [])
+    left_out = [bool((stream[i][1] == IGNORE_LABEL).any()) for i in range(len(stream))]
+    drawn = [index for _, index in stream.draws]
+    assert any(left_out) and all(index == 1 for index, out in zip(drawn, left_out) if out)
+
+
+def test_a_source_with_ignore_regions_trains_without_them_in_validation(tmp_path: Path) -> None:
+    make_folder_source(tmp_path)
+    regions = tmp_path / "regions" / "masks"
+    regions.mkdir(parents=True)
+    for stem in ("000", "001", "002", "003", "004", "005", "006", "007", "008", "009"):
+        Image.fromarray(np.full((128, 96), 255, dtype=np.uint8)).save(regions / f"{stem}.png")
+    source = SourceConfig("synthetic", ignore_regions=str(tmp_path / "regions"))
+    trainer = Trainer(tiny_config(sources=[source]), tmp_path / "run", torch.device("cpu"), tmp_path, split_dir=tmp_path / "splits")
+    (train_set,) = trainer.sampler.sets
+    assert len(train_set.ignore_regions) == len(train_set.images) and all(r is not None for r in train_set.ignore_regions)
+    assert not trainer.val.ignore_regions
+
+
+@pytest.mark.parametrize(("length", "tile"), [(825, 412), (550, 412), (412, 412), (300, 412), (1000, 100)])
+def test_tiles_cover_the_photo_with_overlap(length: int, tile: int) -> None:
+    starts = tile_starts(length, tile)
+    assert starts[0] == 0 and starts[-1] + min(tile, length) == length
+    gaps = np.diff(starts)
+    assert (gaps > 0).all() and (gaps <= tile * 0.75 + 1).all()
+
+
+def _blind_to_small_red_people(rgb: np.ndarray) -> np.ndarray:
+    """A stand-in selfie model: finds red people only where they fill over 5% of what it is shown."""
+    red = (rgb[..., 0] > 127) & (rgb[..., 2] < 127)
+    return (red if red.mean() > 0.05 else np.zeros_like(red)).astype(np.float32)
+
+
+def test_tiles_find_the_passers_by_the_whole_photo_misses_and_spare_the_subject() -> None:
+    height, width = 300, 200
+    rgb = np.zeros((height, width, 3), dtype=np.uint8)
+    rgb[...] = (0, 0, 255)
+    subject = np.zeros((height, width), dtype=bool)
+    subject[20:280, 40:100] = True
+    passer_by = np.zeros((height, width), dtype=bool)
+    passer_by[200:260, 160:185] = True  # 2.5% of the photo: the whole view misses it, a tile does not
+    rgb[passer_by] = (255, 0, 0)
+    assert not _blind_to_small_red_people(rgb).any()
+    probability = tiled_probability(rgb, _blind_to_small_red_people)
+    assert probability[passer_by].min() == 1.0 and probability[~passer_by].max() == 0.0
+
+    rgb[subject] = (255, 0, 0)  # now the subject, too, is red and is found
+    region = bystander_region(tiled_probability(rgb, _blind_to_small_red_people), subject, subject_margin=10, growth=4)
+    assert region[passer_by].all()
+    ys, xs = np.nonzero(region)
+    assert xs.min() >= 160 - 4 and ys.min() >= 200 - 4  # the passer-by, grown a little, and nothing of the subject
 
 
 def test_a_loaded_set_scans_its_masks_once_for_empty_and_confident_people() -> None:
@@ -638,14 +744,23 @@ def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None
     assert session["data_root"] == str(tmp_path)
     with pytest.raises(SystemExit, match="--resume"):
         main([*common, "--epochs", "1"])
+    # An edit of the run folder's config.json (as marking a source `calibrate`) survives the resume.
+    edited = json.loads((run_dir / "config.json").read_text())
+    edited["samples_per_epoch"] = 6
+    edited["sources"][0]["calibrate"] = True
+    (run_dir / "config.json").write_text(json.dumps(edited))
     main([*common, "--resume", "--epochs", "2"])
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((run_dir / "config.json").read_text())["sources"][0]["calibrate"] is True
+    session = json.loads((run_dir / "sessions.jsonl").read_text().splitlines()[-1])
+    assert session["config_edits"] == ["samples_per_epoch", "sources"]
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["samples_seen"] == 4 + 6
     main([*common, "--resume", "--epochs", "3", "--set", "lr=0.01", "--set", "lr_decay=0.5"])
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["epoch"] == 3 and last["lr"] == pytest.approx(0.005), "a warm restart on resume sets lr, then decays it"
 
     info = export(run_dir, tmp_path / "exported", fp16=True)
-    assert info["epoch"] in (1, 2)
+    assert info["epoch"] in (1, 2, 3)  # best.pt: whichever epoch validated best
     assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == ["config.json", "model.safetensors", "training_info.json"]
     model = load_model(tmp_path / "exported")
     assert model.input_size == 64 and next(model.parameters()).dtype == torch.float32

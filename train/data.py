@@ -75,6 +75,9 @@ class LoadedSet:
     ignore_band: float = 0.0
     object_boxes: list[list[Box]] = field(default_factory=list)
     """Per photo, the boxes of its annotated non-person objects; empty when the source has no annotations."""
+    ignore_regions: list[np.ndarray | None] = field(default_factory=list)
+    """Per photo, where the label is not to be trained on (> 127: people it leaves out, ``train.bystanders``),
+    or None; empty when the source has none."""
 
     @cached_property
     def mask_peaks(self) -> np.ndarray:
@@ -99,12 +102,30 @@ def _load_pair(sample: Sample, long_side: int | None) -> tuple[np.ndarray, np.nd
     return np.asarray(image), np.asarray(mask)
 
 
+def _load_region(path: Path, size: tuple[int, int]) -> np.ndarray | None:
+    """The region mask at ``path`` resized to ``size`` (width, height), or None when the photo has none."""
+    if not path.exists():
+        return None
+    with Image.open(path) as region:
+        return np.asarray(region.convert("L").resize(size, Image.Resampling.BILINEAR))
+
+
 def load_set(
-    samples: Sequence[Sample], *, long_side: int | None = 320, name: str = "", weight: float = 1.0, ignore_band: float = 0.0
+    samples: Sequence[Sample], *, long_side: int | None = 320, name: str = "", weight: float = 1.0,
+    ignore_band: float = 0.0, ignore_dir: Path | None = None,
 ) -> LoadedSet:
+    """Decode ``samples``; ``ignore_dir`` holds ``<stem>.png`` region masks for the photos that have one."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         pairs = list(pool.map(lambda s: _load_pair(s, long_side), samples))
-    return LoadedSet([s.stem for s in samples], [p[0] for p in pairs], [p[1] for p in pairs], weight, name, ignore_band)
+    loaded = LoadedSet([s.stem for s in samples], [p[0] for p in pairs], [p[1] for p in pairs], weight, name, ignore_band)
+    if ignore_dir is not None:
+        if not ignore_dir.is_dir():
+            raise FileNotFoundError(f"ignore regions folder {ignore_dir} is missing")
+        loaded.ignore_regions = [
+            _load_region(ignore_dir / f"{stem}.png", (image.shape[1], image.shape[0]))
+            for stem, image in zip(loaded.stems, loaded.images)
+        ]
+    return loaded
 
 
 def load_backgrounds(paths: Sequence[Path], long_side: int = 320) -> list[np.ndarray]:
@@ -253,11 +274,15 @@ def augment(
     rng: np.random.Generator,
     backgrounds: Sequence[np.ndarray] = (),
     ignore_band: float = 0.0,
+    ignore_region: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One random training crop: uint8 (P, P, 3) image and uint8 (P, P) mask in {0, 1}, plus
-    ``IGNORE_LABEL`` where a soft mask lies within 0.5 +/- ``ignore_band`` (the teacher was unsure)."""
+    ``IGNORE_LABEL`` where a soft mask lies within 0.5 +/- ``ignore_band`` (the teacher was unsure) and
+    where ``ignore_region`` (the photo's size) is over 127."""
     if backgrounds and rng.random() < cfg.composite_prob:
         image = _composite(image, mask, backgrounds[int(rng.integers(len(backgrounds)))], rng)
+        # The pasted background replaced the people the label left out.
+        ignore_region = None
     box = _crop_box(mask, cfg, rng)
     size = (cfg.patch_size, cfg.patch_size)
     crop = Image.fromarray(image).transform(
@@ -269,6 +294,9 @@ def augment(
     mask_out = (soft > 127).astype(np.uint8)
     if ignore_band > 0:
         mask_out[np.abs(soft / 255.0 - 0.5) < ignore_band] = IGNORE_LABEL
+    if ignore_region is not None:
+        region = Image.fromarray(ignore_region).transform(size, Image.Transform.EXTENT, box, Image.Resampling.BILINEAR, fillcolor=0)
+        mask_out[np.asarray(region) > 127] = IGNORE_LABEL
     if rng.random() < cfg.flip_prob:
         image_out = image_out[:, ::-1]
         mask_out = mask_out[:, ::-1]
@@ -330,10 +358,12 @@ class TrainingStream(torch.utils.data.Dataset):
             image, mask = augment(*self._crowd(rng), self.scene_cfg, rng)
         else:
             image, mask = chosen.images[index], chosen.masks[index]
+            region = chosen.ignore_regions[index] if chosen.ignore_regions else None
             # Drawn only when enabled, as above; the mask stays empty, so no label changes.
             if self.cfg.closeup_prob > 0 and self.empty_masks[set_id][index] and rng.random() < self.cfg.closeup_prob:
                 image = closeup(image, rng, self._object_box(chosen, index, rng))
-            image, mask = augment(image, mask, self.cfg, rng, self.backgrounds, chosen.ignore_band)
+                region = None  # the enlarged window no longer lines up with it
+            image, mask = augment(image, mask, self.cfg, rng, self.backgrounds, chosen.ignore_band, region)
         return torch.from_numpy(normalize(image, self.cfg.mean, self.cfg.std)), torch.from_numpy(mask.astype(np.int64))
 
     def _object_box(self, chosen: LoadedSet, index: int, rng: np.random.Generator) -> Box | None:

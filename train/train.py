@@ -64,6 +64,10 @@ class SourceConfig:
     """Mask values within 0.5 +/- this (soft teacher probabilities) are left out of the loss."""
     empty_only: bool = False
     """Keep only the photos whose mask is empty: scenes without people, so the model learns to answer 'none'."""
+    ignore_regions: str | None = None
+    """A folder of region masks (``masks/<stem>.png``, relative to the repository) whose pixels over 127 are
+    left out of the loss for those photos: the passers-by that CCP's labels call background
+    (``train.bystanders``). Training photos only; validation keeps the labels as they are."""
     calibrate: bool = False
     """Whether its val split also fits the exported model's decision threshold (validated sources always
     do): pseudo-labelled portraits, so that the threshold is not CCP's alone. Training ignores it."""
@@ -190,6 +194,14 @@ def apply_overrides(cfg: TrainConfig, items: Sequence[str]) -> TrainConfig:
             parsed = tuple(parsed) if isinstance(getattr(target, leaf), tuple) else parsed
         object.__setattr__(target, leaf, parsed)
     return config_from_dict(dataclasses.asdict(cfg))  # turns the JSON values into the typed fields
+
+
+def config_edits(saved: TrainConfig, edited: TrainConfig) -> list[str]:
+    """The fields (``augment.patch_size``; ``sources`` as a whole) where ``edited`` differs from ``saved``."""
+    old, new = dataclasses.asdict(saved), dataclasses.asdict(edited)
+    changed = [key for key in new if key != "augment" and new[key] != old.get(key)]
+    changed += [f"augment.{key}" for key in new["augment"] if new["augment"][key] != old["augment"].get(key)]
+    return sorted(changed)
 
 
 def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
@@ -397,6 +409,7 @@ class Trainer:
             train_set = load_set(
                 splits["train"], long_side=cfg.cache_long_side, name=source.path, weight=source.weight,
                 ignore_band=source.ignore_band,
+                ignore_dir=REPO / source.ignore_regions / "masks" if source.ignore_regions else None,
             )
             if cfg.augment.object_closeup_prob > 0:
                 boxes = object_boxes(root / source.path)
@@ -576,9 +589,18 @@ def main(argv: list[str] | None = None) -> None:
 
     run_dir: Path = args.run_dir
     checkpoint = None
+    edits: list[str] = []
     if args.resume:
         checkpoint = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
-        cfg = config_from_dict(checkpoint["config"])
+        saved = config_from_dict(checkpoint["config"])
+        # The run folder's config.json is what people read and edit (a source marked `calibrate`), and what
+        # export reads: on resume it wins over the copy inside the checkpoint, so an edit is never silently
+        # undone by the rewrite below.
+        written = run_dir / "config.json"
+        cfg = config_from_dict(json.loads(written.read_text())) if written.exists() else saved
+        edits = config_edits(saved, cfg)
+        if edits:
+            log.info("config.json differs from the checkpoint's config in %s: config.json wins", ", ".join(edits))
     else:
         if (run_dir / "last.pt").exists():
             raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it or pick a new --run-dir")
@@ -610,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(), "start_epoch": trainer.epoch,
             "device": str(device), "torch": torch.__version__, "host": platform.node(), "threads": torch.get_num_threads(),
             # The same config can train on another copy of the data (a lent GPU's JPEG-75 copy): say which.
-            "overrides": args.set, "data_root": str(root),
+            "overrides": args.set, "config_edits": edits, "data_root": str(root),
         }) + "\n")
     trainer.run(args.max_minutes)
 
