@@ -728,14 +728,20 @@ def test_negative_sources_keep_only_scenes_without_people(tmp_path: Path) -> Non
     assert sum(len(v) for v in everything.values()) == 10
 
 
-def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None:
-    make_folder_source(tmp_path)
-    run_dir = tmp_path / "run"
-    common = ["--run-dir", str(run_dir), "--data-root", str(tmp_path), "--split-dir", str(tmp_path / "splits"), "--device", "cpu"]
+def _tiny_cli_arguments(data: Path, run_dir: Path) -> tuple[list[str], list[str]]:
+    """The CLI's arguments for a run of the synthetic source in ``data``: where, and a tiny config."""
+    common = ["--run-dir", str(run_dir), "--data-root", str(data), "--split-dir", str(data / "splits"), "--device", "cpu"]
     overrides = [
         "--set", 'sources=[{"path": "synthetic"}]', "--set", "backgrounds=[]", "--set", "samples_per_epoch=4",
         "--set", "batch_size=2", "--set", "augment.patch_size=64", "--set", "augment.input_size=64", "--set", "val_limit=0",
     ]
+    return common, overrides
+
+
+def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None:
+    make_folder_source(tmp_path)
+    run_dir = tmp_path / "run"
+    common, overrides = _tiny_cli_arguments(tmp_path, run_dir)
     main([*common, *overrides, "--epochs", "1"])
     config = json.loads((run_dir / "config.json").read_text())
     assert config["augment"]["patch_size"] == 64 and config["optimizer"] == "adamw"
@@ -1035,3 +1041,68 @@ def test_the_gpu_session_script_fits_the_training_into_the_call(tmp_path: Path) 
     for call_seconds, asked, granted in (("590", "7.5", 7.5), ("200", "7.5", 1.42)):
         argv = _run_gpu_script(tmp_path, {**env, "CALL_SECONDS": call_seconds}, asked)
         assert float(argv[argv.index("--max-minutes") + 1]) == pytest.approx(granted, abs=0.02)
+
+
+def test_averaged_checkpoints_mean_the_weights_and_re_estimate_batchnorm(tmp_path: Path) -> None:
+    import subprocess
+
+    from train.average import average_checkpoints, average_state_dicts, read_checkpoint
+
+    make_folder_source(tmp_path)
+    run_dir = tmp_path / "run"
+    common, overrides = _tiny_cli_arguments(tmp_path, run_dir)
+    main([*common, *overrides, "--epochs", "1"])
+    # Epoch 1's training state, committed: averaging reads old checkpoints back from git history.
+    history = tmp_path / "history"
+    (history / "run").mkdir(parents=True)
+    (history / "run" / "last.pt").write_bytes((run_dir / "last.pt").read_bytes())
+    git = ["git", "-C", str(history), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "run/last.pt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "epoch 1"], check=True)
+    main([*common, "--resume", "--epochs", "2"])
+
+    out = tmp_path / "averaged"
+    record = average_checkpoints(
+        ["HEAD:run/last.pt", str(run_dir / "last.pt")], run_dir, out, root=tmp_path,
+        split_dir=tmp_path / "splits", repo=history,
+    )
+    assert [item["epoch"] for item in record["averaged_from"]] == [1, 2]
+    first = torch.load(history / "run" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    second = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
+    averaged = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    assert averaged["epoch"] == 2 and averaged["model_kwargs"]["input_size"] == 64
+    weight_key = next(k for k in first if k.endswith(".weight") and first[k].dim() == 4)
+    assert not torch.allclose(first[weight_key], second[weight_key])
+    torch.testing.assert_close(averaged["state_dict"][weight_key], (first[weight_key] + second[weight_key]) / 2)
+    # BatchNorm statistics are measured again on clean photos, not averaged.
+    mean_key = next(k for k in first if k.endswith("running_mean"))
+    assert not torch.allclose(averaged["state_dict"][mean_key], (first[mean_key] + second[mean_key]) / 2)
+    assert json.loads((out / "averaged.json").read_text())["averaged_from"][0]["checkpoint"] == "HEAD:run/last.pt"
+    # The output is a run folder that export (and so train.candidate) reads like any other.
+    assert export(out, tmp_path / "exported")["epoch"] == 2
+    assert load_model(tmp_path / "exported").input_size == 64
+    assert read_checkpoint(str(out / "best.pt"))["epoch"] == 2
+
+    with pytest.raises(FileNotFoundError, match="git show"):
+        read_checkpoint("no-such-rev:run/last.pt", repo=history)
+    with pytest.raises(ValueError, match="different layers"):
+        average_state_dicts([{"a": torch.zeros(1)}, {"b": torch.zeros(1)}])
+    with pytest.raises(ValueError, match="nothing"):
+        average_state_dicts([])
+
+
+def test_weighted_checkpoint_sums_interpolate_and_extrapolate() -> None:
+    from train.average import average_state_dicts
+
+    first = {"conv.weight": torch.tensor([1.0, 2.0]), "bn.num_batches_tracked": torch.tensor(7)}
+    second = {"conv.weight": torch.tensor([3.0, 6.0]), "bn.num_batches_tracked": torch.tensor(9)}
+    torch.testing.assert_close(average_state_dicts([first, second])["conv.weight"], torch.tensor([2.0, 4.0]))
+    # 1.5 x second - 0.5 x first goes on past the second checkpoint, along the way the first came.
+    onward = average_state_dicts([second, first], [1.5, -0.5])
+    torch.testing.assert_close(onward["conv.weight"], torch.tensor([4.0, 8.0]))
+    assert onward["bn.num_batches_tracked"].item() == 9
+    with pytest.raises(ValueError, match="sum to 1"):
+        average_state_dicts([first, second], [0.5, 0.6])
+    with pytest.raises(ValueError, match="one each"):
+        average_state_dicts([first, second], [1.0])
