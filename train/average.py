@@ -69,19 +69,25 @@ def _read_file(path: Path) -> dict[str, Any]:
     return saved
 
 
+def checked_coefficients(count: int, coefficients: Sequence[float] | None) -> list[float]:
+    """One coefficient per checkpoint, summing to 1 (equal ones when None)."""
+    if count == 0:
+        raise ValueError("nothing to average")
+    weights = [1.0 / count] * count if coefficients is None else [float(c) for c in coefficients]
+    if len(weights) != count:
+        raise ValueError(f"{len(weights)} coefficients for {count} checkpoints: give one each")
+    if abs(sum(weights) - 1.0) > 1e-6:
+        raise ValueError(f"coefficients sum to {sum(weights):g}: they must sum to 1 to keep the weights' scale")
+    return weights
+
+
 def average_state_dicts(
     state_dicts: Sequence[dict[str, torch.Tensor]], coefficients: Sequence[float] | None = None
 ) -> dict[str, torch.Tensor]:
     """The weighted sum of floating-point tensors (``coefficients`` sum to 1; equal ones by default; a
     negative one extrapolates along the path between checkpoints); integer ones (BatchNorm's batch
     counters) are taken from the first, since BatchNorm is re-estimated afterwards anyway."""
-    if not state_dicts:
-        raise ValueError("nothing to average")
-    weights = [1.0 / len(state_dicts)] * len(state_dicts) if coefficients is None else [float(c) for c in coefficients]
-    if len(weights) != len(state_dicts):
-        raise ValueError(f"{len(weights)} coefficients for {len(state_dicts)} checkpoints: give one each")
-    if abs(sum(weights) - 1.0) > 1e-6:
-        raise ValueError(f"coefficients sum to {sum(weights):g}: they must sum to 1 to keep the weights' scale")
+    weights = checked_coefficients(len(state_dicts), coefficients)
     keys = list(state_dicts[0])
     for other in state_dicts[1:]:
         if list(other) != keys:
@@ -121,7 +127,7 @@ def average_checkpoints(
     record = {
         "averaged_from": [
             {"checkpoint": spec, "epoch": c["epoch"], "samples_seen": c["samples_seen"], "coefficient": w}
-            for spec, c, w in zip(specs, checkpoints, coefficients or [1 / len(specs)] * len(specs))
+            for spec, c, w in zip(specs, checkpoints, checked_coefficients(len(specs), coefficients))
         ],
         "batchnorm_photos": len(photos),
         "run": run_dir.name,
