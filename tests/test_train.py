@@ -980,18 +980,17 @@ def test_the_gpu_session_script_never_restarts_a_run_that_did_not_travel(tmp_pat
 
 def _gpu_script_sandbox(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A folder holding a run to resume, and an environment whose python3 stands in for the real one: the
-    script's arithmetic (-c) runs for real; other calls are recorded in $OUT/argv, and the throughput
-    benchmark answers with its steps' rate (eager 336 samples/s; compiled $COMPILED_RATE, empty = failed)."""
+    script's arithmetic (-c) runs for real; other calls are recorded in $OUT/argv, and train.train rewrites
+    the run's config.json as the real one does with its --set options."""
     run = tmp_path / "train" / "runs" / "gpu-fcdn56"
     run.mkdir(parents=True)
     (run / "last.pt").write_bytes(b"checkpoint")
+    (run / "config.json").write_text('{"num_workers": 0}')
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     (fake_bin / "python3").write_text(
         f'#!/bin/bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\nprintf "%s\\n" "$@" >> "$OUT/argv"\n'
-        'if [ "$1" = benchmarks/train_throughput.py ]; then\n'
-        '  case "$*" in *compile=*) rate=$COMPILED_RATE;; *) rate=336;; esac\n'
-        '  echo "steps (one batch reused, no loading): $rate samples/s"\nfi\n'
+        'if [ "$2" = train.train ]; then echo \'{"num_workers": 14}\' > train/runs/gpu-fcdn56/config.json; fi\n'
     )
     (fake_bin / "python3").chmod(0o755)
     out = tmp_path / "out"
@@ -1025,13 +1024,28 @@ def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_calle
     assert calls.index("benchmarks/train_throughput.py") < calls.index("train.train")
     assert calls.count("batch_size=32") == 2
 
-    # TRY_COMPILE=1: compiled steps are timed too, and the training compiles only if they are over 15% faster.
-    for compiled_rate, expect_compiled in (("700", True), ("350", False), ("", False)):
-        calls = "\n".join(_run_gpu_script(tmp_path, {**env, "PROFILE": "1", "TRY_COMPILE": "1", "COMPILED_RATE": compiled_rate}, "1"))
-        training = calls.split("-m\ntrain.train\n")[1].split("\n")
-        assert ('compile="inductor"' in training) == expect_compiled, compiled_rate
-        eager_profile, compiled_profile = calls.split("-m\ntrain.train\n")[0].split("benchmarks/train_throughput.py")[1:]
-        assert "--no-validation" not in eager_profile and "--no-validation" in compiled_profile
+    # The steps are compiled unless COMPILE is set empty; the profile times what the training will run.
+    for compile_env, expect_compiled in ((None, True), ("", False)):
+        run_env = {**env, "PROFILE": "1"} if compile_env is None else {**env, "PROFILE": "1", "COMPILE": compile_env}
+        profile, training = "\n".join(_run_gpu_script(tmp_path, run_env, "1")).split("-m\ntrain.train\n")
+        assert ('compile="inductor"' in training.split("\n")) == expect_compiled
+        assert ('compile="inductor"' in profile.split("\n")) == expect_compiled
+
+
+def test_the_gpu_session_script_hands_the_run_back_with_its_cpu_config(tmp_path: Path) -> None:
+    # The next CPU session resumes from config.json: with the GPU's 14 workers and compiled steps it would
+    # crawl on 2 cores. The GPU settings stay recorded in sessions.jsonl (train.train writes them there).
+    import tarfile
+
+    out, env = _gpu_script_sandbox(tmp_path)
+    _run_gpu_script(tmp_path, env, "1")
+    run = tmp_path / "train" / "runs" / "gpu-fcdn56"
+    assert (run / "config.json").read_text() == '{"num_workers": 0}'
+    packed = out / "packed.tar"
+    packed.write_bytes(b"".join(part.read_bytes() for part in sorted(out.glob("gpu-fcdn56.tar.part-*"))))
+    with tarfile.open(packed) as archive:
+        config = archive.extractfile("gpu-fcdn56/config.json")
+        assert config is not None and config.read() == b'{"num_workers": 0}'
 
 
 def test_the_gpu_session_script_fits_the_training_into_the_call(tmp_path: Path) -> None:
