@@ -1,6 +1,6 @@
 """Where a training epoch's time goes: the data loaders alone, the optimiser steps alone, and validation.
 
-Run: PYTHONPATH=. python benchmarks/train_throughput.py --run-dir train/runs/gpu-fcdn56 [--device cuda]
+Run: PYTHONPATH=. python benchmarks/train_throughput.py --run-dir train/runs/fcdn103 [--device cuda]
      [--data-root data_cache] [--set num_workers=14 --set batch_size=32 ...]
 It builds the run's trainer from its config.json (random weights: the timings do not depend on them),
 then prints samples per second for each part. An epoch cannot run faster than its slowest part; on the

@@ -566,11 +566,11 @@ def test_mean_absolute_error_of_soft_masks() -> None:
 # --- loop, resume, export ------------------------------------------------------------------------
 
 
-def _trainer(tmp_path: Path, run: str, epochs: int, *, compile: str = "") -> Trainer:
+def _trainer(tmp_path: Path, run: str, epochs: int, *, compile: str = "", slim: bool = False) -> Trainer:
     source = tmp_path / "synthetic"
     if not source.exists():
         make_folder_source(tmp_path)
-    cfg = tiny_config(epochs=epochs, sources=[SourceConfig("synthetic")], compile=compile)
+    cfg = tiny_config(epochs=epochs, sources=[SourceConfig("synthetic")], compile=compile, slim_checkpoint=slim)
     run_dir = tmp_path / run
     run_dir.mkdir(exist_ok=True)
     return Trainer(cfg, run_dir, torch.device("cpu"), tmp_path, split_dir=tmp_path / "splits")
@@ -596,6 +596,63 @@ def test_resumed_run_continues_exactly(tmp_path: Path) -> None:
     assert 0 <= rows[0]["data_wait_seconds"] <= rows[0]["epoch_seconds"]
     assert (tmp_path / "resumed" / "grids" / "epoch_002.png").exists()
     assert (tmp_path / "resumed" / "best.pt").exists()
+
+
+def test_a_slim_checkpoint_resumes_from_half_precision_weights_with_a_fresh_optimiser_warming_up(tmp_path: Path) -> None:
+    full = _trainer(tmp_path, "full", epochs=1)
+    full.run(max_minutes=60)
+    slim = _trainer(tmp_path, "slim", epochs=1, slim=True)
+    slim.run(max_minutes=60)
+    # AdamW's two moments triple the float32 weights; float16 halves the weights again.
+    assert (tmp_path / "slim" / "last.pt").stat().st_size < (tmp_path / "full" / "last.pt").stat().st_size / 4
+    state = torch.load(tmp_path / "slim" / "last.pt", map_location="cpu", weights_only=False)
+    assert state["optimizer"] is None
+    parameters = dict(slim.model.named_parameters())
+    best = torch.load(tmp_path / "slim" / "best.pt", map_location="cpu", weights_only=True)["state_dict"]
+    for saved in (state["model"], best):
+        for name, value in saved.items():
+            if name in parameters:
+                assert value.dtype == torch.float16, name
+            elif name.endswith(("running_mean", "running_var")):
+                assert value.dtype == torch.float32, name  # statistics keep their precision
+    export(tmp_path / "slim", tmp_path / "exported")  # float16 best.pt exports as float32 weights
+    exported = load_model(tmp_path / "exported").state_dict()
+    name = next(name for name in best if name in parameters)
+    assert exported[name].dtype == torch.float32 and torch.equal(exported[name], best[name].float())
+
+    resumed = _trainer(tmp_path, "slim", epochs=2, slim=True)
+    resumed.load(state)
+    for name, value in resumed.model.named_parameters():
+        assert torch.equal(value.detach(), parameters[name].detach().half().float()), name
+    scheduled = slim.optimizer.param_groups[0]["lr"]
+    assert resumed.optimizer.param_groups[0]["lr"] == scheduled and resumed.epoch == 1
+    assert resumed.warmup_steps_left == resumed.cfg.resume_warmup_steps == 50
+    before = {name: value.detach().clone() for name, value in resumed.model.named_parameters()}
+    images, masks = next(iter(resumed.epoch_loader(resumed.epoch)))
+    resumed.train_step(images, masks)
+    # Fresh Adam moments move every weight by about the whole rate on the first step; warming up, by 1/51 of it.
+    moved = max(float((value.detach() - before[name]).abs().max()) for name, value in resumed.model.named_parameters())
+    assert scheduled / 51 * 0.5 < moved <= scheduled / 51 * 1.01
+    assert resumed.optimizer.param_groups[0]["lr"] == scheduled and resumed.warmup_steps_left == 49
+    resumed.run(max_minutes=60)
+    assert torch.load(tmp_path / "slim" / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 2
+
+
+def test_a_slim_checkpoint_refuses_an_ema_it_would_not_keep(tmp_path: Path) -> None:
+    make_folder_source(tmp_path)
+    cfg = tiny_config(sources=[SourceConfig("synthetic")], slim_checkpoint=True, ema_decay=0.99)
+    with pytest.raises(ValueError, match="ema_decay=0"):
+        Trainer(cfg, tmp_path / "run", torch.device("cpu"), tmp_path, split_dir=tmp_path / "splits")
+
+
+def test_the_fcdn103_recipe_is_gpu_fcdn56s_on_the_larger_network() -> None:
+    # So that the two runs compare on capacity: the data, its weights and the augmentation are the same.
+    from train.train import NAMED_CONFIGS, config_edits, config_from_dict
+
+    ended = config_from_dict(json.loads((GPU_SCRIPT.parent / "runs" / "gpu-fcdn56" / "config.json").read_text()))
+    fcdn103 = NAMED_CONFIGS["fcdn103"]
+    assert config_edits(fcdn103, ended) == ["batch_size", "lr", "lr_decay", "name", "preset", "slim_checkpoint"]
+    assert fcdn103.preset == "fcdensenet103" and fcdn103.slim_checkpoint
 
 
 def test_an_ema_switched_on_at_resume_starts_from_the_resumed_weights(tmp_path: Path) -> None:
@@ -975,14 +1032,14 @@ def test_the_gpu_session_script_never_restarts_a_run_that_did_not_travel(tmp_pat
     done = subprocess.run(["bash", str(GPU_SCRIPT), "1"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 2
     assert "last.pt is missing" in (out / "train.log").read_text()
-    assert not any(out.glob("gpu-fcdn56.tar.part-*"))
+    assert not any(out.glob("fcdn103.tar.part-*"))
 
 
 def _gpu_script_sandbox(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A folder holding a run to resume, and an environment whose python3 stands in for the real one: the
     script's arithmetic (-c) runs for real; other calls are recorded in $OUT/argv, and train.train rewrites
     the run's config.json as the real one does with its --set options."""
-    run = tmp_path / "train" / "runs" / "gpu-fcdn56"
+    run = tmp_path / "train" / "runs" / "fcdn103"
     run.mkdir(parents=True)
     (run / "last.pt").write_bytes(b"checkpoint")
     (run / "config.json").write_text('{"num_workers": 0}')
@@ -990,7 +1047,7 @@ def _gpu_script_sandbox(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     fake_bin.mkdir()
     (fake_bin / "python3").write_text(
         f'#!/bin/bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\nprintf "%s\\n" "$@" >> "$OUT/argv"\n'
-        'if [ "$2" = train.train ]; then echo \'{"num_workers": 14}\' > train/runs/gpu-fcdn56/config.json; fi\n'
+        'if [ "$2" = train.train ]; then echo \'{"num_workers": 14}\' > train/runs/fcdn103/config.json; fi\n'
     )
     (fake_bin / "python3").chmod(0o755)
     out = tmp_path / "out"
@@ -1012,12 +1069,20 @@ def _run_gpu_script(tmp_path: Path, env: dict[str, str], *args: str) -> list[str
 def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_caller_override_them(tmp_path: Path) -> None:
     out, env = _gpu_script_sandbox(tmp_path)
     argv = _run_gpu_script(tmp_path, env, "1", "--set", "batch_size=16")
-    assert argv[:4] == ["-m", "train.train", "--run-dir", "train/runs/gpu-fcdn56"] and "--resume" in argv
+    assert argv[:4] == ["-m", "train.train", "--run-dir", "train/runs/fcdn103"] and "--resume" in argv
     settings = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     assert settings[:4] == ["batch_size=32", "num_workers=14", "samples_per_epoch=10000", "lr_decay=0.93"]
     assert settings[-1] == "batch_size=16"  # train.train applies --set in order: the caller's comes last and wins
-    packed = b"".join(part.read_bytes() for part in sorted(out.glob("gpu-fcdn56.tar.part-*")))
+    packed = b"".join(part.read_bytes() for part in sorted(out.glob("fcdn103.tar.part-*")))
     assert b"checkpoint" in packed
+
+    # RUN names another run folder; the script trains and packs that one.
+    older = tmp_path / "train" / "runs" / "gpu-fcdn56"
+    older.mkdir()
+    (older / "last.pt").write_bytes(b"older checkpoint")
+    argv = _run_gpu_script(tmp_path, {**env, "RUN": "gpu-fcdn56"}, "1")
+    assert argv[:4] == ["-m", "train.train", "--run-dir", "train/runs/gpu-fcdn56"]
+    assert b"older checkpoint" in b"".join(part.read_bytes() for part in sorted(out.glob("gpu-fcdn56.tar.part-*")))
 
     # PROFILE=1: the throughput benchmark runs first, with the same GPU settings, then the training.
     calls = "\n".join(_run_gpu_script(tmp_path, {**env, "PROFILE": "1"}, "1"))
@@ -1039,13 +1104,36 @@ def test_the_gpu_session_script_hands_the_run_back_with_its_cpu_config(tmp_path:
 
     out, env = _gpu_script_sandbox(tmp_path)
     _run_gpu_script(tmp_path, env, "1")
-    run = tmp_path / "train" / "runs" / "gpu-fcdn56"
+    run = tmp_path / "train" / "runs" / "fcdn103"
     assert (run / "config.json").read_text() == '{"num_workers": 0}'
     packed = out / "packed.tar"
-    packed.write_bytes(b"".join(part.read_bytes() for part in sorted(out.glob("gpu-fcdn56.tar.part-*"))))
+    packed.write_bytes(b"".join(part.read_bytes() for part in sorted(out.glob("fcdn103.tar.part-*"))))
     with tarfile.open(packed) as archive:
-        config = archive.extractfile("gpu-fcdn56/config.json")
+        config = archive.extractfile("fcdn103/config.json")
         assert config is not None and config.read() == b'{"num_workers": 0}'
+
+
+# data_cache.tgz as train/README.md builds it (long side 320, JPEG 75; 2026-11-27), and fcdn103's slim
+# last.pt (FC-DenseNet103: 9.3 M weights in float16 and float32 BatchNorm statistics).
+GPU_DATA_COPY_BYTES = 23_279_926
+FCDN103_SLIM_CHECKPOINT_BYTES = 18_800_000
+
+
+def test_what_travels_to_a_lent_gpu_leaves_room_for_the_data_copy_and_the_run() -> None:
+    # The device tool refuses a call whose tree and carried files pass 64 MiB; a large file committed
+    # anywhere would silently end GPU training, so the budget is checked on every commit.
+    import subprocess
+
+    repo = GPU_SCRIPT.parents[1]
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout: the tracked files cannot be listed")
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
+    tracked = [repo / name for name in listed.decode().split("\0") if name]
+    tree_bytes = sum(path.stat().st_size for path in tracked if path.is_file())
+    run_checkpoint = repo / "train" / "runs" / "fcdn103" / "last.pt"
+    if run_checkpoint not in tracked:
+        tree_bytes += FCDN103_SLIM_CHECKPOINT_BYTES  # the run's first commit will add it
+    assert tree_bytes + GPU_DATA_COPY_BYTES < 64 * 2**20, f"tree {tree_bytes / 1e6:.1f} MB + data copy"
 
 
 def test_the_gpu_session_script_fits_the_training_into_the_call(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ Checkpoints are files or ``REV:PATH`` (a committed version, read with ``git show
 ``last.pt`` ever committed is one. The output is a run folder that ``train.candidate`` measures::
 
     python -m train.average --run-dir train/runs/gpu-fcdn56 --out train/runs/average-140-149 \\
-        fe8c5a7:train/runs/gpu-fcdn56/best.pt train/runs/gpu-fcdn56/last.pt
+        fe8c5a7:train/runs/gpu-fcdn56/best.pt b5d856d:train/runs/gpu-fcdn56/last.pt
     python -m train.candidate --run-dir train/runs/average-140-149 --out /tmp/avg
 
 ``--out`` receives ``best.pt`` (the average), the run's ``config.json`` (validation and threshold

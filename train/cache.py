@@ -10,7 +10,7 @@ names such a pseudo-label folder: photos it has no mask for are never read in tr
 
 Example:
     python -m train.cache --out data_cache --long-side 320 ccp coco128 people/interfaces_cc0 people/congress_pd
-    python -m train.train --config gpu-fcdn103 --run-dir train/runs/gpu-fcdn103 --data-root data_cache --device cuda
+    python -m train.train --run-dir train/runs/fcdn103 --resume --data-root data_cache --device cuda   # or train/gpu_run.sh
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# One lent-GPU session of the gpu-fcdn56 run, on the device machine (train/README.md, "On a lent GPU").
-#   bash train/gpu_run.sh MINUTES [train.train options; a --set given here wins over the GPU settings below]
-# It resumes train/runs/gpu-fcdn56, which must travel with the tree (commit it first: an untracked run folder
-# left on the machine by an earlier call is wiped by the next copy). Only START_FROM=<run> starts it anew
-# from that run's last checkpoint: a missing checkpoint never silently restarts from an older one.
+# One lent-GPU session of a run, on the device machine (train/README.md, "On a lent GPU").
+#   [RUN=fcdn103] bash train/gpu_run.sh MINUTES [train.train options; a --set given here wins over the GPU settings below]
+# It resumes train/runs/$RUN (default fcdn103; gpu-fcdn56 ended at epoch 171), which must travel with the tree
+# (commit it first: an untracked run folder left on the machine by an earlier call is wiped by the next copy).
+# Only START_FROM=<run> starts it anew from that run's last checkpoint: a missing checkpoint never silently
+# restarts from an older one.
 # Everything worth keeping lands in $OUT: the log, and the run folder as a tar split under the 16 MiB-per-file
 # limit of what comes back. A hard timeout leaves time for the packing even if an epoch overruns.
 # The training steps are compiled (inductor: 475 samples/s against 333 eager on the H200, 2026-11-27); COMPILE=
@@ -15,7 +16,8 @@ set -u
 call_seconds=${CALL_SECONDS:-590}
 minutes=${1:?minutes}
 shift
-run=train/runs/gpu-fcdn56
+run_name=${RUN:-fcdn103}
+run=train/runs/$run_name
 out=${OUT:?OUT must name the folder that comes back}
 mkdir -p "$run"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/train.log"
@@ -53,5 +55,5 @@ PYTHONUNBUFFERED=1 PYTHONPATH=. timeout "$limit" python3 -m train.train --run-di
 [ -s "$cpu_config" ] && cp "$cpu_config" "$run/config.json"
 last_grid=$(ls "$run/grids" 2>/dev/null | tail -1)
 [ -n "$last_grid" ] && cp "$run/grids/$last_grid" "$out/"
-tar -cf - -C train/runs --exclude grids --exclude '*.tmp' --exclude train.log gpu-fcdn56 | split -b 15M - "$out/gpu-fcdn56.tar.part-"
+tar -cf - -C train/runs --exclude grids --exclude '*.tmp' --exclude train.log "$run_name" | split -b 15M - "$out/$run_name.tar.part-"
 ls -la "$out"

@@ -115,6 +115,17 @@ class TrainConfig:
     steps alone ran at 336 samples/s while the loaders gave 2,557 (2026-11-26): the dense blocks' BatchNorm,
     ReLU, dropout and concatenations are memory-bound passes over full-resolution features, which inductor
     fuses. Validation and the saved weights use the eager model, which shares the parameters."""
+    slim_checkpoint: bool = False
+    """Keep ``last.pt`` without the optimiser's state and with the weights in float16 (BatchNorm statistics
+    stay float32), and ``best.pt``'s weights in float16. FC-DenseNet103's full resumable state is 112 MB
+    (weights 37 MB, AdamW's two moments 75 MB); slim it is 19 MB, which fits beside the tree and the data copy
+    in the 64 MiB that travels to a lent GPU, and keeps each committed checkpoint small. Float16 rounds a weight
+    by at most 1/2048 of itself, once per session: less than one step at lr 1e-4 moves it. A resume from
+    a slim checkpoint starts the optimiser afresh and warms its rate up over ``resume_warmup_steps``."""
+    resume_warmup_steps: int = 50
+    """Steps over which the rate climbs linearly back to the schedule's after a resume without optimiser
+    state: fresh Adam moments make the first steps move every weight by the full rate, several times its
+    usual step, until the second moment has seen some gradients."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -152,15 +163,23 @@ def _named_configs() -> dict[str, TrainConfig]:
         ),
     )
     cpu = TrainConfig(sources=[SourceConfig("ccp"), *copy.deepcopy(PSEUDO_LABELLED_PEOPLE), copy.deepcopy(NEGATIVES)])
-    gpu = TrainConfig(
-        name="gpu-fcdn103",
+    # gpu-fcdn56's recipe as it ended (epoch 171; its config.json), on FC-DenseNet103: the same data, so that
+    # the two compare on capacity. Trained on the CPU between leases; train/gpu_run.sh sets the GPU's options.
+    portraits, congress = copy.deepcopy(PSEUDO_LABELLED_PEOPLE)
+    congress.calibrate = True
+    fcdn103 = TrainConfig(
+        name="fcdn103",
         preset="fcdensenet103",
-        sources=[SourceConfig("ccp"), *copy.deepcopy(PSEUDO_LABELLED_PEOPLE), copy.deepcopy(NEGATIVES)],
+        sources=[SourceConfig("ccp", ignore_regions="train/pseudo_labels/ccp_bystanders"), portraits, congress, copy.deepcopy(NEGATIVES)],
+        epochs=100000,
+        samples_per_epoch=1000,
         batch_size=16,
-        num_workers=8,
-        augment=AugmentConfig(patch_size=224, input_size=320),
+        val_limit=0,
+        amp_cpu=True,
+        slim_checkpoint=True,
+        augment=AugmentConfig(patch_size=224, input_size=320, crowd_prob=0.3, closeup_prob=0.5, object_closeup_prob=0.7),
     )
-    return {c.name: c for c in (original, cpu, gpu)}
+    return {c.name: c for c in (original, cpu, fcdn103)}
 
 
 NAMED_CONFIGS = _named_configs()
@@ -328,6 +347,16 @@ def save_grid(path: Path, images: list[np.ndarray], truths: list[np.ndarray], pr
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
+def weights_for_checkpoint(model: torch.nn.Module, *, slim: bool) -> dict[str, torch.Tensor]:
+    """``model``'s state dict on the CPU: parameters in float16 when ``slim``, buffers (BatchNorm statistics,
+    counters) always as they are. ``load_state_dict`` casts float16 back into float32 parameters."""
+    state = {name: value.detach().cpu() for name, value in model.state_dict().items()}
+    if not slim:
+        return state
+    parameters = {name for name, _ in model.named_parameters()}
+    return {name: value.half() if name in parameters else value for name, value in state.items()}
+
+
 def _unwrap(model: torch.nn.Module) -> TiramisuNet:
     """The TiramisuNet inside an EMA wrapper, or the model itself."""
     return cast(TiramisuNet, model.module if isinstance(model, AveragedModel) else model)
@@ -396,6 +425,9 @@ class Trainer:
             if cfg.ema_decay > 0
             else None
         )
+        if cfg.slim_checkpoint and self.ema is not None:
+            raise ValueError("slim_checkpoint keeps no EMA weights: set ema_decay=0 or slim_checkpoint=false")
+        self.warmup_steps_left = 0
         self.epoch = 0
         self.best_iou = -1.0
         self.samples_seen = 0
@@ -438,11 +470,14 @@ class Trainer:
 
     # checkpoint -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        slim = self.cfg.slim_checkpoint
         return {
             "config": dataclasses.asdict(self.cfg),
-            "model": self.model.state_dict(),
+            "model": weights_for_checkpoint(self.model, slim=slim) if slim else self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": None if slim else self.optimizer.state_dict(),
+            "lr": [group["lr"] for group in self.optimizer.param_groups],
+            "warmup_steps_left": self.warmup_steps_left,
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "best_iou": self.best_iou,
@@ -456,7 +491,14 @@ class Trainer:
         self.model.load_state_dict(checkpoint["model"])
         if self.ema and checkpoint["ema"] is not None:
             self.ema.load_state_dict(checkpoint["ema"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint["optimizer"] is not None:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.warmup_steps_left = checkpoint.get("warmup_steps_left", 0)
+        else:
+            # A slim checkpoint: fresh moments, the saved rate, and a warm-up (``resume_warmup_steps``).
+            for group, lr in zip(self.optimizer.param_groups, checkpoint["lr"]):
+                group["lr"] = lr
+            self.warmup_steps_left = self.cfg.resume_warmup_steps
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         # The saved scheduler carries its own gamma; a --set lr_decay on resume must win over it.
         self.scheduler.gamma = self.cfg.lr_decay
@@ -493,7 +535,18 @@ class Trainer:
         loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_LABEL)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        if self.warmup_steps_left > 0:
+            # Scaled for this step only, so the per-epoch schedule keeps its own rate.
+            scale = 1 - self.warmup_steps_left / (max(self.cfg.resume_warmup_steps, self.warmup_steps_left) + 1)
+            scheduled = [group["lr"] for group in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["lr"] *= scale
+            self.optimizer.step()
+            for group, lr in zip(self.optimizer.param_groups, scheduled):
+                group["lr"] = lr
+            self.warmup_steps_left -= 1
+        else:
+            self.optimizer.step()
         if self.ema:
             self.ema.update_parameters(self.model)
         return loss.detach()
@@ -556,7 +609,7 @@ class Trainer:
             if val_iou > self.best_iou and empty_alpha < cfg.max_empty_alpha:
                 self.best_iou = val_iou
                 self._atomic_save(
-                    {"model_kwargs": model_kwargs(cfg), "state_dict": calibrated.float().cpu().state_dict(),
+                    {"model_kwargs": model_kwargs(cfg), "state_dict": weights_for_checkpoint(calibrated.float(), slim=cfg.slim_checkpoint),
                      "epoch": self.epoch, "val_iou": val_iou, "val_empty_alpha": empty_alpha,
                      "samples_seen": self.samples_seen},
                     self.run_dir / "best.pt",
