@@ -118,14 +118,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stems", type=Path, default=None, help="a split list: only these photos")
     parser.add_argument("--home", type=Path, default=PEERS_HOME, help="the peers' environment and weights")
     args = parser.parse_args(argv)
-    stems = [s for s in args.stems.read_text().split() if s] if args.stems else None
+    listed = [s for s in args.stems.read_text().split() if s] if args.stems else None
+    stems = listed if listed is not None else sorted(p.stem for p in (args.folder / "images").glob("*.jpg"))
     detector = "mediapipe0"
     shares = label_folder(args.folder, args.out, build_peer(detector, args.home), stems=stems)
     details = describe(args.home)
     provenance = {
         "images": str(args.folder),
         "stems": str(args.stems) if args.stems else "all",
-        "photos_checked": len(stems) if stems is not None else len(list((args.folder / "images").glob("*.jpg"))),
+        "photos_checked": len(stems),
         "photos_with_bystanders": len(shares),
         "labelled": time.strftime("%Y-%m-%d"),
         "format": "8-bit PNG, 255 = a person the label leaves out (left out of the loss); not human-checked",

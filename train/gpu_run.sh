@@ -53,6 +53,7 @@ cpu_config=$(mktemp)
 PYTHONUNBUFFERED=1 PYTHONPATH=. timeout "$limit" python3 -m train.train --run-dir "$run" --resume \
     --data-root data_cache --device "${DEVICE:-cuda}" --max-minutes "$minutes" --epochs 100000 "${gpu_settings[@]}" "$@" 2>&1 | tee -a "$out/train.log"
 [ -s "$cpu_config" ] && cp "$cpu_config" "$run/config.json"
+rm -f "$cpu_config"
 last_grid=$(ls "$run/grids" 2>/dev/null | tail -1)
 [ -n "$last_grid" ] && cp "$run/grids/$last_grid" "$out/"
 tar -cf - -C train/runs --exclude grids --exclude '*.tmp' --exclude train.log "$run_name" | split -b 15M - "$out/$run_name.tar.part-"
