@@ -2,6 +2,7 @@
 
 Run with our package only:           python benchmarks/speed.py
 With the peers (their environment):  .peers/venv/bin/python benchmarks/speed.py --peers
+Beside other weights (a candidate):  python benchmarks/speed.py --weights /tmp/candidate/weights
 
 End to end per photo, decode excluded: preprocessing, inference, upsampling/refinement and compositing
 to an RGBA cut-out. Ours runs with the default edges (guided upsampling) on each backend (ONNX Runtime,
@@ -43,13 +44,18 @@ def load_photo(size: str) -> Image.Image:
     return Image.open(PHOTO).convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
 
 
+WEIGHTS_PREFIX = "weights:"
+"""A model name of the form ``weights:FOLDER`` is our default cut-out with the weights in FOLDER."""
+
+
 def cutter(name: str) -> Callable[[Image.Image], Image.Image]:
-    """A photo -> RGBA cut-out function: ours (a key of ``OURS``) or a peer."""
-    if name in OURS:
+    """A photo -> RGBA cut-out function: ours (a key of ``OURS``), other weights, or a peer."""
+    if name in OURS or name.startswith(WEIGHTS_PREFIX):
         from bgremove_plugin import BackgroundRemover
 
-        backend, refine, decontaminate = OURS[name]
-        remover = BackgroundRemover(device="cpu", refine=refine, backend=backend)  # type: ignore[arg-type]
+        backend, refine, decontaminate = OURS.get(name, OURS["ours-torch"])
+        weights = Path(name.removeprefix(WEIGHTS_PREFIX)) if name.startswith(WEIGHTS_PREFIX) else None
+        remover = BackgroundRemover(weights, device="cpu", refine=refine, backend=backend)  # type: ignore[arg-type]
         return lambda photo: remover.remove(photo, decontaminate=decontaminate)
     sys.path.insert(0, str(REPO))
     from train.peers import build_peer
@@ -153,11 +159,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--peers", action="store_true", help="also run U2-Net, U2-NetP and MediaPipe (peers' env)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-model child processes")
+    parser.add_argument("--weights", type=Path, action="append", default=[],
+                        help="also time the default cut-out with the weights in this folder (repeatable)")
     args = parser.parse_args()
     import torch
 
     photo = load_photo(args.size)
-    names = [*OURS, *(PEERS if args.peers else ())]
+    names = [*OURS, *(f"{WEIGHTS_PREFIX}{folder}" for folder in args.weights), *(PEERS if args.peers else ())]
     rows = {}
     for name in names:
         samples = latency(cutter(name), photo, args.repeats)
