@@ -473,7 +473,7 @@ class Trainer:
         slim = self.cfg.slim_checkpoint
         return {
             "config": dataclasses.asdict(self.cfg),
-            "model": weights_for_checkpoint(self.model, slim=slim) if slim else self.model.state_dict(),
+            "model": weights_for_checkpoint(self.model, slim=slim),
             "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": None if slim else self.optimizer.state_dict(),
             "lr": [group["lr"] for group in self.optimizer.param_groups],
