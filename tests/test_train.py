@@ -30,7 +30,7 @@ from train.data import (
 from train.export import export
 from train.metrics import boundary_f_score, mean_absolute_error, person_iou
 from train.sources import Sample, coco_person_images, export_coco_folder, folder_samples, split_samples
-from train.train import SourceConfig, TrainConfig, Trainer, main
+from train.train import LOCAL_FULL_CHECKPOINT, SourceConfig, TrainConfig, Trainer, main, resume_checkpoint
 
 COCO_JSON = "coco128/annotations/instances_train2017_coco128.json"
 
@@ -638,6 +638,32 @@ def test_a_slim_checkpoint_resumes_from_half_precision_weights_with_a_fresh_opti
     assert torch.load(tmp_path / "slim" / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 2
 
 
+def test_a_slim_run_resumes_exactly_where_its_full_state_was_written_and_slim_from_a_newer_last_pt(tmp_path: Path) -> None:
+    straight = _trainer(tmp_path, "straight", epochs=2, slim=True)
+    straight.run(max_minutes=60)
+    first = _trainer(tmp_path, "resumed", epochs=1, slim=True)
+    first.run(max_minutes=60)
+    run_dir = tmp_path / "resumed"
+    assert torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["optimizer"] is None
+    epoch_one_full_state = (run_dir / LOCAL_FULL_CHECKPOINT).read_bytes()
+
+    checkpoint = resume_checkpoint(run_dir)
+    assert checkpoint["optimizer"] is not None and checkpoint["epoch"] == 1
+    second = _trainer(tmp_path, "resumed", epochs=2, slim=True)
+    second.load(checkpoint)
+    assert second.warmup_steps_left == 0
+    second.run(max_minutes=60)
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+
+    # As when last.pt comes back from a lent GPU: the full state left here is an older epoch's, so it is not used.
+    (run_dir / LOCAL_FULL_CHECKPOINT).write_bytes(epoch_one_full_state)
+    checkpoint = resume_checkpoint(run_dir)
+    assert checkpoint["optimizer"] is None and checkpoint["epoch"] == 2
+    (run_dir / LOCAL_FULL_CHECKPOINT).unlink()
+    assert resume_checkpoint(run_dir)["optimizer"] is None
+
+
 def test_a_slim_checkpoint_refuses_an_ema_it_would_not_keep(tmp_path: Path) -> None:
     make_folder_source(tmp_path)
     cfg = tiny_config(sources=[SourceConfig("synthetic")], slim_checkpoint=True, ema_decay=0.99)
@@ -1042,6 +1068,7 @@ def _gpu_script_sandbox(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     run = tmp_path / "train" / "runs" / "fcdn103"
     run.mkdir(parents=True)
     (run / "last.pt").write_bytes(b"checkpoint")
+    (run / "last.full.pt").write_bytes(b"full state written by an earlier call")
     (run / "config.json").write_text('{"num_workers": 0}')
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
@@ -1075,6 +1102,7 @@ def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_calle
     assert settings[-1] == "batch_size=16"  # train.train applies --set in order: the caller's comes last and wins
     packed = b"".join(part.read_bytes() for part in sorted(out.glob("fcdn103.tar.part-*")))
     assert b"checkpoint" in packed
+    assert b"full state" not in packed  # 112 MB for FC-DenseNet103, and of no use on another machine
 
     # RUN names another run folder; the script trains and packs that one.
     older = tmp_path / "train" / "runs" / "gpu-fcdn56"

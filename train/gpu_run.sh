@@ -6,7 +6,8 @@
 # Only START_FROM=<run> starts it anew from that run's last checkpoint: a missing checkpoint never silently
 # restarts from an older one.
 # Everything worth keeping lands in $OUT: the log, and the run folder as a tar split under the 16 MiB-per-file
-# limit of what comes back. A hard timeout leaves time for the packing even if an epoch overruns.
+# limit of what comes back, without a slim run's last.full.pt (112 MB for FC-DenseNet103; it resumes exactly
+# only where it was written). A hard timeout leaves time for the packing even if an epoch overruns.
 # The training steps are compiled (inductor: 475 samples/s against 333 eager on the H200, 2026-11-27); COMPILE=
 # (empty) trains eager, for a machine whose compiler fails. PROFILE=1 first times where an epoch's time goes
 # (benchmarks/train_throughput.py, with the same settings), inside the same budget.
@@ -56,5 +57,5 @@ PYTHONUNBUFFERED=1 PYTHONPATH=. timeout "$limit" python3 -m train.train --run-di
 rm -f "$cpu_config"
 last_grid=$(ls "$run/grids" 2>/dev/null | tail -1)
 [ -n "$last_grid" ] && cp "$run/grids/$last_grid" "$out/"
-tar -cf - -C train/runs --exclude grids --exclude '*.tmp' --exclude train.log "$run_name" | split -b 15M - "$out/$run_name.tar.part-"
+tar -cf - -C train/runs --exclude grids --exclude '*.tmp' --exclude train.log --exclude last.full.pt "$run_name" | split -b 15M - "$out/$run_name.tar.part-"
 ls -la "$out"

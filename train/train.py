@@ -121,7 +121,8 @@ class TrainConfig:
     (weights 37 MB, AdamW's two moments 75 MB); slim it is 19 MB, which fits beside the tree and the data copy
     in the 64 MiB that travels to a lent GPU, and keeps each committed checkpoint small. Float16 rounds a weight
     by at most 1/2048 of itself, once per session: less than one step at lr 1e-4 moves it. A resume from
-    a slim checkpoint starts the optimiser afresh and warms its rate up over ``resume_warmup_steps``."""
+    a slim checkpoint starts the optimiser afresh and warms its rate up over ``resume_warmup_steps``, unless
+    the machine still holds the same epoch's full state in ``last.full.pt`` (git-ignored, never travels)."""
     resume_warmup_steps: int = 50
     """Steps over which the rate climbs linearly back to the schedule's after a resume without optimiser
     state: fresh Adam moments make the first steps move every weight by the full rate, several times its
@@ -402,6 +403,28 @@ def recalibrate_batchnorm(model: torch.nn.Module, images: list[np.ndarray], devi
     return net.eval()
 
 
+LOCAL_FULL_CHECKPOINT = "last.full.pt"
+"""Beside a slim ``last.pt``: the same epoch's full state (float32 weights and the optimiser's moments). It stays
+on the machine that wrote it (git-ignored), so that a session there resumes exactly instead of rounding the
+weights and warming a fresh optimiser up: on 2 CPU cores a warm-up of 50 steps is most of an epoch."""
+
+
+def resume_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The state ``--resume`` continues from: ``last.pt``, or the full state beside a slim one when both were
+    written at the end of the same epoch (a ``last.pt`` that came back from a lent GPU is newer, and wins)."""
+    checkpoint: dict[str, Any] = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    full_path = run_dir / LOCAL_FULL_CHECKPOINT
+    if checkpoint["optimizer"] is not None or not full_path.exists():
+        return checkpoint
+    full: dict[str, Any] = torch.load(full_path, map_location="cpu", weights_only=False)
+    same_epoch = all(full.get(key) == checkpoint[key] for key in ("epoch", "samples_seen", "train_seconds"))
+    if not same_epoch:
+        log.info("%s is from epoch %s, last.pt from epoch %s: resuming from the slim last.pt", full_path, full.get("epoch"), checkpoint["epoch"])
+        return checkpoint
+    log.info("resuming from %s (float32 weights and optimiser state of last.pt's epoch %d)", full_path, checkpoint["epoch"])
+    return full
+
+
 class Trainer:
     def __init__(
         self, cfg: TrainConfig, run_dir: Path, device: torch.device, root: Path, split_dir: Path = SPLIT_DIR
@@ -469,8 +492,7 @@ class Trainer:
             log.info("photos with object boxes for close-ups %s", [sum(map(bool, s.object_boxes)) for s in train_sets])
 
     # checkpoint -------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        slim = self.cfg.slim_checkpoint
+    def state(self, *, slim: bool) -> dict[str, Any]:
         return {
             "config": dataclasses.asdict(self.cfg),
             "model": weights_for_checkpoint(self.model, slim=slim),
@@ -614,7 +636,10 @@ class Trainer:
                      "samples_seen": self.samples_seen},
                     self.run_dir / "best.pt",
                 )
-            self._atomic_save(self.state(), self.run_dir / "last.pt")
+            if cfg.slim_checkpoint:
+                # Written before last.pt, so a kill between the two leaves a full state that no longer matches.
+                self._atomic_save(self.state(slim=False), self.run_dir / LOCAL_FULL_CHECKPOINT)
+            self._atomic_save(self.state(slim=cfg.slim_checkpoint), self.run_dir / "last.pt")
             log.info("epoch %d loss %.4f val IoU %.4f no-person alpha %.3f (best %.4f) %.0fs",
                      self.epoch, loss, val_iou, empty_alpha, self.best_iou, elapsed)
             if (time.time() - started) / 60 + elapsed / 60 > max_minutes:
@@ -644,7 +669,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = None
     edits: list[str] = []
     if args.resume:
-        checkpoint = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+        checkpoint = resume_checkpoint(run_dir)
         saved = config_from_dict(checkpoint["config"])
         # The run folder's config.json is what people read and edit (a source marked `calibrate`), and what
         # export reads: on resume it wins over the copy inside the checkpoint, so an edit is never silently
