@@ -1074,7 +1074,7 @@ def _gpu_script_sandbox(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     fake_bin.mkdir()
     (fake_bin / "python3").write_text(
         f'#!/bin/bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\nprintf "%s\\n" "$@" >> "$OUT/argv"\n'
-        'if [ "$2" = train.train ]; then echo \'{"num_workers": 14}\' > train/runs/fcdn103/config.json; fi\n'
+        'if [ "$2" = train.train ]; then echo \'{"num_workers": 14}\' > "$4/config.json"; fi\n'
     )
     (fake_bin / "python3").chmod(0o755)
     out = tmp_path / "out"
@@ -1139,6 +1139,10 @@ def test_the_gpu_session_script_hands_the_run_back_with_its_cpu_config(tmp_path:
     with tarfile.open(packed) as archive:
         config = archive.extractfile("fcdn103/config.json")
         assert config is not None and config.read() == b'{"num_workers": 0}'
+
+    # A run started on the GPU from another run's checkpoint goes back with that run's CPU config too.
+    _run_gpu_script(tmp_path, {**env, "RUN": "fcdn103-warm", "START_FROM": "fcdn103"}, "1")
+    assert (tmp_path / "train" / "runs" / "fcdn103-warm" / "config.json").read_text() == '{"num_workers": 0}'
 
 
 # data_cache.tgz as train/README.md builds it (long side 320, JPEG 75; 2026-11-27), and fcdn103's slim

@@ -24,7 +24,9 @@ mkdir -p "$run"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/train.log"
 if [ -n "${START_FROM:-}" ]; then
     [ -f "$run/last.pt" ] && { echo "$run already holds a run; unset START_FROM to resume it" | tee -a "$out/train.log"; exit 2; }
-    cp "train/runs/$START_FROM/last.pt" "train/runs/$START_FROM/metrics.jsonl" "train/runs/$START_FROM/sessions.jsonl" "$run/"
+    # config.json too: it is what the new run resumes with on the CPU, and what it goes back with (below).
+    cp "train/runs/$START_FROM/last.pt" "train/runs/$START_FROM/metrics.jsonl" "train/runs/$START_FROM/sessions.jsonl" \
+        "train/runs/$START_FROM/config.json" "$run/"
 elif [ ! -f "$run/last.pt" ]; then
     echo "$run/last.pt is missing: commit the run folder so it travels, or set START_FROM" | tee -a "$out/train.log"
     exit 2
