@@ -23,6 +23,8 @@ import torch
 from .errors import BackendUnavailableError
 
 if TYPE_CHECKING:
+    import onnx  # type: ignore[import-untyped,unused-ignore]
+
     from .model import TiramisuNet
 
 __all__ = [
@@ -110,12 +112,38 @@ def export_onnx(net: TiramisuNet, path: Path) -> Path:
             except ImportError as exc:
                 raise BackendUnavailableError(f"the ONNX exporter needs onnxscript; {_INSTALL_HINT}") from exc
         model = onnx.load(str(tmp))
+        _store_float16_where_exact(model)
         entry = model.metadata_props.add()
         entry.key, entry.value = FINGERPRINT_KEY, fingerprint
         onnx.save(model, str(tmp))
         tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
     log.info("exported ONNX model to %s", path)
     return path
+
+
+def _store_float16_where_exact(model: onnx.ModelProto) -> int:
+    """Stores each float32 weight that float16 holds exactly (all of them, for weights published in float16)
+    as float16, cast back to float32 by the graph: the file halves and the arithmetic stays float32, so the
+    outputs are unchanged (ONNX Runtime folds the casts once, when the session loads). A weight float16
+    would round stays float32. Returns how many weights were converted."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    casts = []
+    for initializer in model.graph.initializer:
+        if initializer.data_type != TensorProto.FLOAT:
+            continue
+        weights = numpy_helper.to_array(initializer)
+        half = weights.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), weights):
+            continue
+        name = initializer.name
+        initializer.CopyFrom(numpy_helper.from_array(half, f"{name}__float16"))
+        casts.append(helper.make_node("Cast", [f"{name}__float16"], [name], to=TensorProto.FLOAT, name=f"{name}__to_float32"))
+    # First in the node list, so that every consumer still comes after what it reads.
+    nodes = [*casts, *model.graph.node]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return len(casts)
 
 
 class OnnxNet:

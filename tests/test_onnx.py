@@ -55,6 +55,43 @@ def test_the_shipped_onnx_file_was_exported_from_the_shipped_weights() -> None:
     )
 
 
+def _initializer_types(path: Path) -> dict[str, int]:
+    import onnx
+    from onnx import TensorProto
+
+    types = [init.data_type for init in onnx.load(str(path)).graph.initializer]
+    return {"float16": types.count(TensorProto.FLOAT16), "float32": types.count(TensorProto.FLOAT)}
+
+
+def test_the_shipped_onnx_file_stores_the_float16_weights_as_float16() -> None:
+    # The weights ship in float16; a float32 copy of them in the graph would double the file for nothing.
+    types = _initializer_types(DEFAULT_WEIGHTS_DIR / onnx_backend.ONNX_NAME)
+    assert types["float16"] > 100 and types["float32"] == 0
+
+
+def test_weights_that_float16_holds_exactly_are_stored_in_float16_and_compute_the_same(
+    tiny_weights: Path, tmp_path: Path
+) -> None:
+    import copy
+
+    random_weights = copy.deepcopy(load_model(tiny_weights, device="cpu"))
+    published_in_float16 = copy.deepcopy(random_weights)
+    with torch.no_grad():
+        for tensor in published_in_float16.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+    batch = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    for net, name in ((random_weights, "random"), (published_in_float16, "rounded")):
+        path = onnx_backend.export_onnx(net, tmp_path / f"{name}.onnx")
+        types = _initializer_types(path)
+        # Random convolution weights would be rounded by float16, so they stay float32: nothing is lost.
+        # (BatchNorm's initial ones and zeros are exact, so even those become float16.)
+        assert types["float16"] > 0 and (types["float32"] > 0) == (name == "random"), (name, types)
+        with torch.inference_mode():
+            expected = net.eval()(batch).softmax(dim=1)[:, 1].numpy()
+        assert np.abs(onnx_backend.OnnxNet(path)(batch.numpy()) - expected).max() < 1e-5, name
+
+
 def test_default_remover_uses_the_shipped_file_without_exporting(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_export(*args: object, **kwargs: object) -> None:
         raise AssertionError("the shipped model.onnx should have been used")
