@@ -112,12 +112,12 @@ def export_onnx(net: TiramisuNet, path: Path) -> Path:
             except ImportError as exc:
                 raise BackendUnavailableError(f"the ONNX exporter needs onnxscript; {_INSTALL_HINT}") from exc
         model = onnx.load(str(tmp))
-        _store_float16_where_exact(model)
+        stored_as_float16 = _store_float16_where_exact(model)
         entry = model.metadata_props.add()
         entry.key, entry.value = FINGERPRINT_KEY, fingerprint
         onnx.save(model, str(tmp))
         tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
-    log.info("exported ONNX model to %s", path)
+    log.info("exported ONNX model to %s (%d weights stored as float16)", path, stored_as_float16)
     return path
 
 
