@@ -677,7 +677,8 @@ def test_the_fcdn103_recipe_is_gpu_fcdn56s_on_the_larger_network() -> None:
 
     ended = config_from_dict(json.loads((GPU_SCRIPT.parent / "runs" / "gpu-fcdn56" / "config.json").read_text()))
     fcdn103 = NAMED_CONFIGS["fcdn103"]
-    assert config_edits(fcdn103, ended) == ["batch_size", "lr", "lr_decay", "name", "preset", "slim_checkpoint"]
+    # max_empty_alpha chooses among the checkpoints (best.pt); it changes nothing that is learned.
+    assert config_edits(fcdn103, ended) == ["batch_size", "lr", "lr_decay", "max_empty_alpha", "name", "preset", "slim_checkpoint"]
     assert fcdn103.preset == "fcdensenet103" and fcdn103.slim_checkpoint
 
 
@@ -772,6 +773,26 @@ def test_a_best_measured_on_another_val_set_size_is_not_kept_on_resume(tmp_path:
     )
     fewer.load(state)
     assert len(fewer.val.images) == 1 and fewer.best_iou == -1.0
+
+
+def test_best_pt_goes_to_the_best_validation_among_epochs_that_leave_photos_without_people_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = _trainer(tmp_path, "guarded", epochs=3)
+    assert trainer.cfg.max_empty_alpha == pytest.approx(0.10)
+    # (validation IoU, mean alpha on the photos without people) per epoch: the second scores best on people
+    # but marks a fifth of the empty scenes as person, as FC-DenseNet103's epoch 23 did.
+    measured = iter([(0.50, 0.05), (0.90, 0.20), (0.80, 0.08)])
+
+    def validate() -> tuple[float, float, list[np.ndarray], torch.nn.Module]:
+        iou, alpha = next(measured)
+        return iou, alpha, [np.zeros((8, 8), np.float32)] * len(trainer.val.images), trainer.model
+
+    monkeypatch.setattr(trainer, "validate", validate)
+    trainer.run(max_minutes=60)
+    best = torch.load(tmp_path / "guarded" / "best.pt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == 3 and best["val_empty_alpha"] == pytest.approx(0.08)
+    assert trainer.best_iou == pytest.approx(0.80)
 
 
 def test_pseudo_labelled_source_trains_but_stays_out_of_validation(tmp_path: Path) -> None:
