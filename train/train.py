@@ -166,7 +166,10 @@ def _named_configs() -> dict[str, TrainConfig]:
             grayscale_prob=0.0, blur_prob=0.0, noise_prob=0.0, color_jitter=0.0, scale_jitter=(1.0, 1.0),
         ),
     )
-    cpu = TrainConfig(sources=[SourceConfig("ccp"), *copy.deepcopy(PSEUDO_LABELLED_PEOPLE), copy.deepcopy(NEGATIVES)])
+    # max_empty_alpha: the guard under which cpu-fcdn56 chose its checkpoints (from epoch 31), so that it reproduces.
+    cpu = TrainConfig(
+        sources=[SourceConfig("ccp"), *copy.deepcopy(PSEUDO_LABELLED_PEOPLE), copy.deepcopy(NEGATIVES)], max_empty_alpha=0.25
+    )
     # gpu-fcdn56's recipe as it ended (epoch 171; its config.json), on FC-DenseNet103: the same data, so that
     # the two compare on capacity. Trained on the CPU between leases; train/gpu_run.sh sets the GPU's options.
     portraits, congress = copy.deepcopy(PSEUDO_LABELLED_PEOPLE)
