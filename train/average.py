@@ -3,7 +3,7 @@
 Late checkpoints of a run differ: coco128 people moves by 0.01-0.03 from one epoch to the next, so picking
 one epoch also picks its luck, and an average of checkpoints that lie in one basin (stochastic weight
 averaging, after the fact) may keep what they share. For gpu-fcdn56 it did not: none of the averages
-measured beat epoch 140 (model_card.md, "Averaging and extrapolating checkpoints"). BatchNorm statistics do not
+measured beat epoch 140 (docs/experiments.md, "Averaging and extrapolating checkpoints"). BatchNorm statistics do not
 average linearly with the weights, so they are re-estimated on the run's clean training photos, as
 ``best.pt`` does.
 

@@ -4,7 +4,7 @@ A model that is under- or over-confident about people scores lower IoU at the fi
 it could. The best threshold t on validation becomes a shift of the person logit by -logit(t), so the
 shipped model's 0.5 is that t and its soft alpha moves with it. Only validation images are used; the
 test split stays untouched. Fitted on CCP alone, t was 0.625 for the shipped network, and people it is less
-sure of in other photos fell below it; portraits' validation photos now weigh as much (model_card.md).
+sure of in other photos fell below it; portraits' validation photos now weigh as much (docs/experiments.md).
 """
 
 from __future__ import annotations

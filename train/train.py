@@ -104,7 +104,7 @@ class TrainConfig:
     44% of a coffee photo as person. 0.25 until 2026-11-27; then every measured checkpoint above 0.11 on
     these 14 photos had failed a no-person clause of the ship rule on the held-out photos (FC-DenseNet56
     epochs 61, 82, 96, 111; FC-DenseNet103 epoch 23) and every one at 0.091 or under had passed those measured
-    (model_card.md, "Choosing best.pt")."""
+    (docs/experiments.md, "Choosing best.pt")."""
     grid_images: int = 6
     num_workers: int = 0
     amp: bool = True
