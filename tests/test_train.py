@@ -795,6 +795,26 @@ def test_best_pt_goes_to_the_best_validation_among_epochs_that_leave_photos_with
     assert trainer.best_iou == pytest.approx(0.80)
 
 
+def test_validation_runs_without_cudnns_per_shape_search_and_gives_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import train.train as training
+
+    trainer = _trainer(tmp_path, "search", epochs=1)
+    seen: list[bool] = []
+    real_predict = training.predict_probabilities
+
+    def predict(*args: object, **kwargs: object) -> list[np.ndarray]:
+        seen.append(torch.backends.cudnn.benchmark)
+        return real_predict(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(training, "predict_probabilities", predict)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    trainer.validate()
+    assert seen == [False, False]  # the validation photos, then the scenes without people
+    assert torch.backends.cudnn.benchmark is True
+
+
 def test_pseudo_labelled_source_trains_but_stays_out_of_validation(tmp_path: Path) -> None:
     human = make_folder_source(tmp_path)
     photos = tmp_path / "people" / "images"

@@ -9,6 +9,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -18,7 +19,7 @@ import platform
 import random
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -369,6 +370,20 @@ def _unwrap(model: torch.nn.Module) -> TiramisuNet:
     return cast(TiramisuNet, model.module if isinstance(model, AveragedModel) else model)
 
 
+@contextlib.contextmanager
+def without_cudnn_search() -> Iterator[None]:
+    """cuDNN's algorithm search off for the duration. Whole photos come in many padded shapes, each a new
+    search; the first validation of every GPU call took 14-27 s where the later ones took 2 (metrics.jsonl
+    of the leases), which is what a search per shape would cost. Whether this removes it is for the next
+    lease to show (train/README.md)."""
+    searching = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = searching
+
+
 @torch.inference_mode()
 def predict_probabilities(model: torch.nn.Module, images: list[np.ndarray], device: torch.device, batch_size: int = 8) -> list[np.ndarray]:
     """Person probability at each image's own size, through the same preprocessing as the package."""
@@ -603,10 +618,11 @@ class Trainer:
         """Validation IoU and no-person mean probability of the (EMA or raw) weights with recalibrated
         BatchNorm, which is what ships. The mean probability is 0 when no source is empty-only."""
         source = self.ema if self.ema else self.model
-        model = recalibrate_batchnorm(source, self.calibration_images, self.device)
-        probs = predict_probabilities(model, self.val.images, self.device)
+        with without_cudnn_search():
+            model = recalibrate_batchnorm(source, self.calibration_images, self.device)
+            probs = predict_probabilities(model, self.val.images, self.device)
+            empty_probs = predict_probabilities(model, self.val_empty.images, self.device)
         ious = [person_iou(p, m) for p, m in zip(probs, self.val.masks)]
-        empty_probs = predict_probabilities(model, self.val_empty.images, self.device)
         empty_alpha = float(np.mean([p.mean() for p in empty_probs])) if empty_probs else 0.0
         return float(np.mean(ious)), empty_alpha, probs, model
 
