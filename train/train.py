@@ -102,11 +102,9 @@ class TrainConfig:
     max_empty_alpha: float = 0.10
     """An epoch can become best.pt only if its mean person probability on the val photos of the empty-only
     sources (scenes without people) stays under this: CCP validation alone once picked weights that marked
-    44% of a coffee photo as person. 0.25 until 2026-11-27; then every measured checkpoint above 0.11 on
-    these 14 photos had failed a no-person clause of the ship rule on the held-out photos (FC-DenseNet56
-    epochs 61, 82, 96, 111; FC-DenseNet103 epoch 23) and every one at 0.091 or under had passed those measured
-    (docs/experiments.md, "Choosing best.pt"). FC-DenseNet103's epoch 26, at 0.0999, then failed: between
-    0.09 and 0.12 these photos do not decide, and the ship rule has the last word."""
+    44% of a coffee photo as person. 0.10 because every measured checkpoint at 0.118 or above on these 14
+    photos failed the ship rule on held-out photos without people, and every one at 0.091 or under passed;
+    in between they do not decide (docs/experiments.md, "Choosing best.pt"), so the ship rule has the last word."""
     grid_images: int = 6
     num_workers: int = 0
     amp: bool = True
