@@ -979,6 +979,34 @@ def test_evaluation_harness_writes_csv_summary_and_gallery(
     assert gallery.width == 12 * 192 and gallery.height >= 192
 
 
+def test_the_second_pass_crops_each_group_of_people_and_keeps_what_the_crop_says() -> None:
+    from train.evaluate import second_pass
+
+    calls: list[tuple[int, ...]] = []
+
+    def predict(rgb: np.ndarray) -> np.ndarray:
+        # A model that is surer of people it sees large: 0.6 on the whole photo, 1.0 on a crop.
+        calls.append(rgb.shape)
+        red = (rgb[..., 0] > 128) & (rgb[..., 1] < 100)
+        return np.where(red, 0.6 if max(rgb.shape[:2]) > 100 else 1.0, 0.0).astype(np.float32)
+
+    photo = np.zeros((120, 300, 3), dtype=np.uint8)
+    photo[20:40, 10:30, 0] = 255     # two people far apart
+    photo[70:100, 250:280, 0] = 255
+    result = second_pass(predict, photo)
+    assert calls[0] == photo.shape and len(calls) == 3                    # one crop per group
+    assert all(max(shape[:2]) <= 100 for shape in calls[1:])  # each crop is a close-up of its group
+    assert result[25, 15] == 1.0 and result[80, 260] == 1.0 and result.max() == 1.0
+    assert result[0, 0] == 0.0 and result.shape == photo.shape[:2]
+
+    calls.clear()
+    assert not second_pass(predict, np.zeros((40, 40, 3), dtype=np.uint8)).any() and len(calls) == 1  # no one
+    calls.clear()
+    filled = np.zeros((120, 300, 3), dtype=np.uint8)
+    filled[5:115, 5:295, 0] = 255    # a crop would not magnify
+    assert second_pass(predict, filled)[60, 150] == np.float32(0.6) and len(calls) == 1
+
+
 def test_the_harness_scores_at_the_threshold_asked_for(tmp_path: Path) -> None:
     from train.evaluate import score
 
