@@ -682,6 +682,42 @@ def test_the_fcdn103_recipe_is_gpu_fcdn56s_on_the_larger_network() -> None:
     assert fcdn103.preset == "fcdensenet103" and fcdn103.slim_checkpoint
 
 
+def test_dropout_switched_off_at_resume_keeps_the_weights_and_reaches_the_export(tmp_path: Path) -> None:
+    from torch import nn
+
+    from train.train import NAMED_CONFIGS, config_from_dict, model_kwargs
+
+    # Unset, the preset's dropout stays the model's default and config.json does not name it, as before the field.
+    assert "dropout" not in model_kwargs(NAMED_CONFIGS["fcdn103"])
+    make_folder_source(tmp_path)
+    run_dir = tmp_path / "run"
+    common, overrides = _tiny_cli_arguments(tmp_path, run_dir)
+    main([*common, *overrides, "--epochs", "1"])
+    before = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+    splits = tmp_path / "splits"
+    with_dropout = Trainer(cfg, run_dir, torch.device("cpu"), tmp_path, split_dir=splits)
+    without = Trainer(dataclasses.replace(cfg, dropout=0.0), run_dir, torch.device("cpu"), tmp_path, split_dir=splits)
+    without.load(before)
+    assert all(m.p == 0.0 for m in without.model.modules() if isinstance(m, nn.Dropout))
+    assert any(m.p == pytest.approx(0.2) for m in with_dropout.model.modules() if isinstance(m, nn.Dropout))
+    for key, value in before["model"].items():
+        assert torch.equal(value, without.model.state_dict()[key]), key
+    # In training mode a dropout-free network is deterministic; with dropout two passes differ.
+    batch = torch.rand(1, 3, 64, 64)
+    without.model.train()
+    with torch.no_grad():
+        assert torch.equal(without.model(batch), without.model(batch))
+
+    main([*common, "--resume", "--epochs", "2", "--set", "dropout=0"])
+    assert json.loads((run_dir / "config.json").read_text())["dropout"] == 0.0
+    session = json.loads((run_dir / "sessions.jsonl").read_text().splitlines()[-1])
+    assert session["overrides"] == ["dropout=0"]
+    export(run_dir, tmp_path / "exported", checkpoint="last.pt", weights="model", data_root=tmp_path, split_dir=splits)
+    assert json.loads((tmp_path / "exported" / "config.json").read_text())["dropout"] == 0.0
+    assert load_model(tmp_path / "exported").input_size == 64
+
+
 def test_an_ema_switched_on_at_resume_starts_from_the_resumed_weights(tmp_path: Path) -> None:
     first = _trainer(tmp_path, "run", epochs=1)
     first.run(max_minutes=60)

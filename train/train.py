@@ -131,6 +131,12 @@ class TrainConfig:
     """Steps over which the rate climbs linearly back to the schedule's after a resume without optimiser
     state: fresh Adam moments make the first steps move every weight by the full rate, several times its
     usual step, until the second moment has seen some gradients."""
+    dropout: float | None = None
+    """Dropout after every convolution of the network; None keeps the model's default (0.2, the original
+    work's). An architecture argument, so it travels in the exported config.json when set, though inference
+    never applies it. The networks underfit CCP (FC-DenseNet103 annealed: 0.927 on its own training photos,
+    0.923 on validation), and dropout on all of a dense network's layers is regularisation that the
+    augmentation may already provide: the ablation ``ablation-dropout0-fcdn103`` measures it (docs/experiments.md)."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -233,12 +239,15 @@ def config_edits(saved: TrainConfig, edited: TrainConfig) -> list[str]:
 
 def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     """The architecture + preprocessing arguments that become the exported config.json."""
-    return {
+    kwargs: dict[str, Any] = {
         **PRESETS[cfg.preset],
         "input_size": cfg.augment.input_size,
         "mean": list(cfg.augment.mean),
         "std": list(cfg.augment.std),
     }
+    if cfg.dropout is not None:
+        kwargs["dropout"] = cfg.dropout
+    return kwargs
 
 
 # --- data ---------------------------------------------------------------------------------------
