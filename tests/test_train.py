@@ -703,7 +703,7 @@ def test_dropout_switched_off_at_resume_keeps_the_weights_and_reaches_the_export
     assert any(m.p == pytest.approx(0.2) for m in with_dropout.model.modules() if isinstance(m, nn.Dropout))
     for key, value in before["model"].items():
         assert torch.equal(value, without.model.state_dict()[key]), key
-    # In training mode a dropout-free network is deterministic; with dropout two passes differ.
+    # In training mode only a dropout-free network gives the same output twice.
     batch = torch.rand(1, 3, 64, 64)
     without.model.train()
     with torch.no_grad():

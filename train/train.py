@@ -134,9 +134,8 @@ class TrainConfig:
     dropout: float | None = None
     """Dropout after every convolution of the network; None keeps the model's default (0.2, the original
     work's). An architecture argument, so it travels in the exported config.json when set, though inference
-    never applies it. The networks underfit CCP (FC-DenseNet103 annealed: 0.927 on its own training photos,
-    0.923 on validation), and dropout on all of a dense network's layers is regularisation that the
-    augmentation may already provide: the ablation ``ablation-dropout0-fcdn103`` measures it (docs/experiments.md)."""
+    never applies it. Switched off to test whether it keeps FC-DenseNet103 from fitting CCP; three epochs
+    said no (docs/experiments.md, "Dropout off")."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
