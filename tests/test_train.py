@@ -718,6 +718,29 @@ def test_dropout_switched_off_at_resume_keeps_the_weights_and_reaches_the_export
     assert load_model(tmp_path / "exported").input_size == 64
 
 
+def test_a_lovasz_term_joins_the_cross_entropy_which_stays_recorded_beside_the_loss(tmp_path: Path) -> None:
+    plain = _trainer(tmp_path, "plain", epochs=1)
+    with_lovasz = _trainer(tmp_path, "lovasz", epochs=1)
+    with_lovasz.cfg.lovasz_weight = 0.5
+    images, masks = next(iter(plain.epoch_loader(0)))
+    torch.manual_seed(0)  # the same dropout masks for both
+    plain_loss, plain_cross_entropy = plain.train_step(images, masks).tolist()
+    torch.manual_seed(0)
+    loss, cross_entropy = with_lovasz.train_step(images, masks).tolist()
+    assert plain_loss == plain_cross_entropy
+    assert cross_entropy == pytest.approx(plain_cross_entropy, rel=1e-5)  # same initial weights, same batch
+    assert loss > cross_entropy + 0.05  # half a Lovász term of an untrained network
+    # The step followed the combined loss, so the two networks now differ.
+    assert any(not torch.equal(a, b) for a, b in zip(plain.model.parameters(), with_lovasz.model.parameters()))
+
+    plain.run(max_minutes=60)
+    with_lovasz.run(max_minutes=60)
+    plain_row = json.loads((tmp_path / "plain" / "metrics.jsonl").read_text())
+    row = json.loads((tmp_path / "lovasz" / "metrics.jsonl").read_text())
+    assert "train_cross_entropy" not in plain_row
+    assert 0 < row["train_cross_entropy"] < row["train_loss"] and math.isfinite(row["val_iou"])
+
+
 def test_an_ema_switched_on_at_resume_starts_from_the_resumed_weights(tmp_path: Path) -> None:
     first = _trainer(tmp_path, "run", epochs=1)
     first.run(max_minutes=60)
@@ -777,7 +800,7 @@ def test_cpu_autocast_is_used_only_when_the_run_asks_for_it(tmp_path: Path) -> N
         seen: set[torch.dtype] = set()
         first_conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
         first_conv.register_forward_hook(lambda _m, _i, out, seen=seen: seen.add(out.dtype))
-        loss, _ = trainer.train_epoch()
+        loss, _, _ = trainer.train_epoch()
         assert math.isfinite(loss)
         assert seen == ({torch.bfloat16} if amp_cpu else {torch.float32})
         assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay float32

@@ -34,6 +34,7 @@ from bgremove_plugin.model import PRESETS, TiramisuNet
 from bgremove_plugin.transforms import prepare_batch, unpad_and_resize
 
 from .data import IGNORE_LABEL, AugmentConfig, EpochSampler, LoadedSet, TrainingStream, load_backgrounds, load_set
+from .losses import lovasz_softmax
 from .metrics import person_iou
 from .sources import (
     SPLIT_DIR,
@@ -136,6 +137,10 @@ class TrainConfig:
     work's). An architecture argument, so it travels in the exported config.json when set, though inference
     never applies it. Switched off to test whether it keeps FC-DenseNet103 from fitting CCP; three epochs
     said no (docs/experiments.md, "Dropout off")."""
+    lovasz_weight: float = 0.0
+    """Weight of a per-photo Lovász-softmax term added to the cross-entropy (train/losses.py); 0 trains on
+    cross-entropy alone, the original work's loss. The term optimises the reported per-photo IoU, in which
+    a small person counts as much as a large one."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -577,13 +582,17 @@ class Trainer:
         )
 
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """One optimiser step on a batch from :meth:`epoch_loader`; returns the loss, still on the device."""
+        """One optimiser step on a batch from :meth:`epoch_loader`; returns the loss and its cross-entropy
+        part (the same number unless ``lovasz_weight`` is set), still on the device."""
         use_amp = self.cfg.amp if self.device.type == "cuda" else self.cfg.amp_cpu
         images = images.to(self.device, non_blocking=True).to(memory_format=torch.channels_last)
         masks = masks.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = self.step_model(images)
-        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_LABEL)
+        cross_entropy = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_LABEL)
+        loss = cross_entropy
+        if self.cfg.lovasz_weight:
+            loss = loss + self.cfg.lovasz_weight * lovasz_softmax(logits, masks, ignore_index=IGNORE_LABEL)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.warmup_steps_left > 0:
@@ -600,11 +609,12 @@ class Trainer:
             self.optimizer.step()
         if self.ema:
             self.ema.update_parameters(self.model)
-        return loss.detach()
+        return torch.stack([loss.detach(), cross_entropy.detach()])
 
-    def train_epoch(self) -> tuple[float, float]:
-        """Mean training loss, and the seconds spent waiting for batches: on a lent GPU, where an epoch took
-        ten times longer than its arithmetic, this says whether the data loaders or the steps are the limit."""
+    def train_epoch(self) -> tuple[float, float, float]:
+        """Mean training loss, its cross-entropy part, and the seconds spent waiting for batches: on a lent
+        GPU, where an epoch took ten times longer than its arithmetic, this says whether the data loaders or
+        the steps are the limit."""
         self.model.train()
         # Kept on the device: a .item() per step would make the CPU wait for the GPU before queueing the next.
         losses: list[torch.Tensor] = []
@@ -620,7 +630,8 @@ class Trainer:
             losses.append(self.train_step(images, masks))
             self.samples_seen += images.shape[0]
         self.scheduler.step()
-        return float(torch.stack(losses).mean()), data_wait
+        loss, cross_entropy = torch.stack(losses).mean(dim=0).tolist()
+        return loss, cross_entropy, data_wait
 
     def validate(self) -> tuple[float, float, list[np.ndarray], TiramisuNet]:
         """Validation IoU and no-person mean probability of the (EMA or raw) weights with recalibrated
@@ -640,7 +651,7 @@ class Trainer:
         metrics_path = self.run_dir / "metrics.jsonl"
         while self.epoch < cfg.epochs:
             epoch_start = time.time()
-            loss, data_wait = self.train_epoch()
+            loss, cross_entropy, data_wait = self.train_epoch()
             validate_start = time.time()
             val_iou, empty_alpha, probs, calibrated = self.validate()
             validate_seconds = time.time() - validate_start
@@ -654,6 +665,9 @@ class Trainer:
                 "data_wait_seconds": round(data_wait, 1), "validate_seconds": round(validate_seconds, 1),
                 "train_seconds_total": round(self.train_seconds, 1), "device": str(self.device),
             }
+            if cfg.lovasz_weight:
+                # Comparable with the runs trained on cross-entropy alone, whose train_loss is this.
+                row["train_cross_entropy"] = round(cross_entropy, 5)
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             n = cfg.grid_images
