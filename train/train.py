@@ -140,7 +140,8 @@ class TrainConfig:
     lovasz_weight: float = 0.0
     """Weight of a per-photo Lovász-softmax term added to the cross-entropy (train/losses.py); 0 trains on
     cross-entropy alone, the original work's loss. The term optimises the reported per-photo IoU, in which
-    a small person counts as much as a large one."""
+    a small person counts as much as a large one; two epochs of it from the shipped epoch 140, at the
+    schedule's last rate, gained nothing over cross-entropy (docs/experiments.md, "A Lovász term")."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
