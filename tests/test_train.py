@@ -147,6 +147,32 @@ def test_the_ship_rule_says_on_how_many_photos_a_set_moved() -> None:
     assert not any("ahead" in line for line in lines if line.startswith("ccp_test"))  # older reports hold no photos
 
 
+def test_a_measured_report_is_judged_against_another_without_measuring_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.candidate import main as candidate
+
+    runs = Path(__file__).resolve().parents[1] / "train" / "runs"
+    anneal50 = runs / "ablation-anneal50-fcdn103" / "candidate.json"
+    anneal30 = runs / "ablation-anneal-fcdn103" / "candidate.json"
+    candidate(["--report", str(anneal50), "--compare", str(anneal30)])
+    out = capsys.readouterr().out
+    # docs/experiments.md, "Annealing again from epoch 50": the per-photo coco128 line it quotes.
+    assert "per photo -0.0349, 95% interval -0.0729 to -0.0016" in out
+    assert "| coco128_people | 61 | 0.2834 |" in out and out.rstrip().endswith("verdict: does not ship")
+    without_people = json.loads(anneal50.read_text())
+    for name in ("ccp_test", "coco128_people", "portraits_vs_teacher"):
+        del without_people[name]
+    partial = tmp_path / "summary.json"
+    partial.write_text(json.dumps(without_people))
+    with pytest.raises(SystemExit):
+        candidate(["--report", str(partial), "--compare", str(anneal30)])
+    assert "holds only the photos without people" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        candidate(["--weights", "bgremove_plugin/weights"])  # measuring needs --out
+    assert "--out is required" in capsys.readouterr().err
+
+
 def test_the_paired_interval_says_whether_resampling_the_photos_explains_a_difference() -> None:
     from train.candidate import paired_interval
 

@@ -4,6 +4,7 @@ Examples:
     python -m train.candidate --run-dir train/runs/cpu-fcdn56 --out /tmp/candidate            # best.pt
     python -m train.candidate --run-dir train/runs/cpu-fcdn56 --checkpoint last.pt --out /tmp/c41
     python -m train.candidate --weights bgremove_plugin/weights --out /tmp/shipped               # the baseline
+    python -m train.candidate --report /tmp/c41/summary.json --compare other/candidate.json     # no measuring
 
 Writes ``<out>/weights`` (float32, threshold calibrated on the run's validation split) and
 ``<out>/summary.json``, and prints one table: CCP test, coco128 people and held-out portraits (against the
@@ -11,8 +12,10 @@ teacher's labels) with the default refinement, plus the mean alpha on the two ph
 ``tests/test_api.py`` guards (``tests/fixtures/coffee.jpg`` must stay under 0.25) and on coco128's held-out
 scenes without people (with the share of them above 0.25), and on close-ups of those scenes' annotated
 objects (animals, cups: where the weights have called things people). Last, the ship rule's verdict
-against ``train/shipped_candidate.json`` (:func:`ship_verdict`). Copying a candidate into the package is a
-separate, deliberate step: ``python -m train.export ... --fp16 --calibrate --onnx``.
+against ``train/shipped_candidate.json`` (:func:`ship_verdict`), or against any other report with
+``--compare``; ``--report`` gives that verdict for a ``summary.json`` measured before, without measuring
+again. Copying a candidate into the package is a separate, deliberate step: ``python -m train.export ...
+--fp16 --calibrate --onnx``.
 """
 
 from __future__ import annotations
@@ -171,21 +174,60 @@ def ship_verdict(candidate: dict[str, Any], shipped: dict[str, Any]) -> list[tup
     return rules
 
 
+def print_report(report: dict[str, Any]) -> None:
+    """The summary table of a report measured with people, or only its photos without people."""
+    if all(name in report for name in SETS):
+        print("| set | images | mean IoU | boundary F | MAE | IoU < 0.5 | IoU by person area |\n|---|---|---|---|---|---|---|")
+        for name in SETS:
+            row = report[name]
+            areas = " / ".join(f"{label} {bucket['iou']}" for label, bucket in row["by_person_area"].items())
+            print(
+                f"| {name} | {row['images']} | {row['iou']} | {row['boundary_f']} | {row['mae']} | "
+                f"{row['share_iou_below_0.5']:.0%} | {areas} |"
+            )
+    print(f"no-person photos, mean alpha: {report['no_person_mean_alpha']}")
+    print(f"coco128 val/test scenes without people: {report['scenes_without_people']}")
+    print(f"close-ups of their annotated objects: {report['object_closeups']}")
+
+
+def print_verdict(report: dict[str, Any], compare: Path) -> None:
+    rules = ship_verdict(report, json.loads(compare.read_text()))
+    print(f"ship rule against {compare}:")
+    for rule, passed in rules:
+        print(f"  {'pass' if passed else 'FAIL'}  {rule}")
+    print("verdict: " + ("ships" if all(passed for _, passed in rules) else "does not ship"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run-dir", type=Path, help="a training run; its --checkpoint is exported first")
     source.add_argument("--weights", help="an existing weights folder, measured as it is, or a peer's name "
                         "(u2net, u2netp, mediapipe0, mediapipe1; run with .peers/venv/bin/python)")
+    # A quarter of an hour saved for each further comparison of a checkpoint already measured.
+    source.add_argument("--report", type=Path,
+                        help="a summary.json measured before: print it and its verdict against --compare, "
+                        "measuring nothing")
     parser.add_argument("--without-people-only", action="store_true",
                         help="only the photos without people (minutes, not a quarter of an hour, for the slow peers)")
     parser.add_argument("--checkpoint", default="best.pt",
                         help="best.pt (default) or last.pt (its EMA when the run keeps one, else the raw weights)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="where the weights and summary.json go (required unless --report)")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--compare", type=Path, default=SHIPPED_REPORT,
                         help="the shipped weights' summary.json, for the ship rule's verdict (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.report is not None:
+        report = json.loads(args.report.read_text())
+        print_report(report)
+        if not all(name in report for name in SETS):
+            parser.error(f"{args.report} holds only the photos without people; the ship rule needs those with people")
+        if not args.compare.exists():
+            parser.error(f"--compare {args.compare}: no such report")
+        print_verdict(report, args.compare)
+        return
+    if args.out is None:
+        parser.error("--out is required when measuring (--run-dir or --weights)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     root = args.data_root or data_root()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -200,25 +242,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     report = {"checkpoint": info, **measure(weights, root, with_people=not args.without_people_only)}
     (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    if not args.without_people_only:
-        print("| set | images | mean IoU | boundary F | MAE | IoU < 0.5 | IoU by person area |\n|---|---|---|---|---|---|---|")
-        for name in SETS:
-            row = report[name]
-            assert isinstance(row, dict)
-            areas = " / ".join(f"{label} {bucket['iou']}" for label, bucket in row["by_person_area"].items())
-            print(
-                f"| {name} | {row['images']} | {row['iou']} | {row['boundary_f']} | {row['mae']} | "
-                f"{row['share_iou_below_0.5']:.0%} | {areas} |"
-            )
-    print(f"no-person photos, mean alpha: {report['no_person_mean_alpha']}")
-    print(f"coco128 val/test scenes without people: {report['scenes_without_people']}")
-    print(f"close-ups of their annotated objects: {report['object_closeups']}")
+    print_report(report)
     if not args.without_people_only and args.compare.exists():
-        rules = ship_verdict(report, json.loads(args.compare.read_text()))
-        print(f"ship rule against {args.compare}:")
-        for rule, passed in rules:
-            print(f"  {'pass' if passed else 'FAIL'}  {rule}")
-        print("verdict: " + ("ships" if all(passed for _, passed in rules) else "does not ship"))
+        print_verdict(report, args.compare)
 
 
 if __name__ == "__main__":
