@@ -174,9 +174,14 @@ def ship_verdict(candidate: dict[str, Any], shipped: dict[str, Any]) -> list[tup
     return rules
 
 
+def measured_people(report: dict[str, Any]) -> bool:
+    """Whether ``report`` holds the sets with people (not one made with ``--without-people-only``)."""
+    return all(name in report for name in SETS)
+
+
 def print_report(report: dict[str, Any]) -> None:
     """The summary table of a report measured with people, or only its photos without people."""
-    if all(name in report for name in SETS):
+    if measured_people(report):
         print("| set | images | mean IoU | boundary F | MAE | IoU < 0.5 | IoU by person area |\n|---|---|---|---|---|---|---|")
         for name in SETS:
             row = report[name]
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report is not None:
         report = json.loads(args.report.read_text())
         print_report(report)
-        if not all(name in report for name in SETS):
+        if not measured_people(report):
             parser.error(f"{args.report} holds only the photos without people; the ship rule needs those with people")
         if not args.compare.exists():
             parser.error(f"--compare {args.compare}: no such report")
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {"checkpoint": info, **measure(weights, root, with_people=not args.without_people_only)}
     (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
     print_report(report)
-    if not args.without_people_only and args.compare.exists():
+    if measured_people(report) and args.compare.exists():
         print_verdict(report, args.compare)
 
 
