@@ -160,6 +160,7 @@ def test_a_measured_report_is_judged_against_another_without_measuring_again(
     # docs/experiments.md, "Annealing again from epoch 50": the per-photo coco128 line it quotes.
     assert "per photo -0.0349, 95% interval -0.0729 to -0.0016" in out
     assert "| coco128_people | 61 | 0.2834 |" in out and out.rstrip().endswith("verdict: does not ship")
+    assert "coco128_people IoU 0.2834 > ablation-anneal-fcdn103 0.3182" in out  # names the report it is judged against
     without_people = json.loads(anneal50.read_text())
     for name in ("ccp_test", "coco128_people", "portraits_vs_teacher"):
         del without_people[name]

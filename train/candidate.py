@@ -142,16 +142,19 @@ def paired_interval(
     return float(differences.mean()), float(low), float(high)
 
 
-def ship_verdict(candidate: dict[str, Any], shipped: dict[str, Any]) -> list[tuple[str, bool]]:
+def ship_verdict(
+    candidate: dict[str, Any], shipped: dict[str, Any], *, against: str = "shipped"
+) -> list[tuple[str, bool]]:
     """The model card's ship rule, one line per condition: better than the shipped weights on every set
     with people; where there is no one, far below the peers (they keep 0.17-0.30 of the scenes and
     close-ups) and the close-up cat below the best of them. Where both reports hold per-photo IoUs, a set's
     line also says on how many photos the candidate is ahead and behind, and the paired difference with its
     bootstrap interval (:func:`paired_interval`): a mean moved by a few photos (coco128's swing 0.02-0.03
-    between neighbouring epochs) reads differently from one moved by many. They inform; the rule is the means'."""
+    between neighbouring epochs) reads differently from one moved by many. They inform; the rule is the means'.
+    ``against`` names the other report in the lines, for when it is not the shipped weights'."""
     rules = []
     for name in SETS:
-        line = f"{name} IoU {candidate[name]['iou']} > shipped {shipped[name]['iou']}"
+        line = f"{name} IoU {candidate[name]['iou']} > {against} {shipped[name]['iou']}"
         if "per_image_iou" in candidate[name] and "per_image_iou" in shipped[name]:
             ahead, behind = paired_counts(candidate[name]["per_image_iou"], shipped[name]["per_image_iou"])
             mean, low, high = paired_interval(candidate[name]["per_image_iou"], shipped[name]["per_image_iou"])
@@ -196,7 +199,9 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def print_verdict(report: dict[str, Any], compare: Path) -> None:
-    rules = ship_verdict(report, json.loads(compare.read_text()))
+    # A run's candidate.json is named by its run folder, a measured summary.json by its --out folder.
+    against = "shipped" if compare.resolve() == SHIPPED_REPORT.resolve() else compare.parent.name
+    rules = ship_verdict(report, json.loads(compare.read_text()), against=against)
     print(f"ship rule against {compare}:")
     for rule, passed in rules:
         print(f"  {'pass' if passed else 'FAIL'}  {rule}")
