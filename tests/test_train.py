@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 pytest.importorskip("pycocotools", reason="training tests need the [train] extra (pycocotools)")
 
@@ -26,11 +26,21 @@ from train.data import (
     closeup,
     crowd_scene,
     load_set,
+    object_cutouts,
+    paste_objects,
 )
 from train.export import export
 from train.metrics import boundary_f_score, mean_absolute_error, person_iou
 from train.sources import Sample, coco_person_images, export_coco_folder, folder_samples, split_samples
-from train.train import LOCAL_FULL_CHECKPOINT, SourceConfig, TrainConfig, Trainer, main, resume_checkpoint
+from train.train import (
+    LOCAL_FULL_CHECKPOINT,
+    SourceConfig,
+    TrainConfig,
+    Trainer,
+    main,
+    resume_checkpoint,
+    source_splits,
+)
 
 COCO_JSON = "coco128/annotations/instances_train2017_coco128.json"
 
@@ -1395,3 +1405,119 @@ def test_weighted_checkpoint_sums_interpolate_and_extrapolate() -> None:
         average_state_dicts([first, second], [0.5, 0.6])
     with pytest.raises(ValueError, match="one each"):
         average_state_dicts([first, second], [1.0])
+
+
+def test_object_outlines_are_fractions_of_the_photo_and_leave_out_people(tmp_path: Path) -> None:
+    from train.sources import object_outlines
+
+    _write_coco_boxes(tmp_path, {"a": (200, 100)}, [("a", "cat", [20, 10, 100, 50], 0), ("a", "person", [0, 0, 200, 100], 0)])
+    annotations_file = tmp_path / "annotations" / "instances.json"
+    data = json.loads(annotations_file.read_text())
+    data["annotations"][0]["segmentation"] = [[20, 10, 120, 10, 120, 60]]
+    data["annotations"][1]["segmentation"] = [[0, 0, 200, 0, 200, 100]]
+    annotations_file.write_text(json.dumps(data))
+    assert object_outlines(tmp_path) == {"a": [[[0.1, 0.1, 0.6, 0.1, 0.6, 0.6]]]}
+
+
+def _green_square_object(side: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    image = np.zeros((side, side, 3), dtype=np.uint8)
+    image[...] = (0, 255, 0)
+    return image, np.full((side, side), 255, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_pasted_objects_are_background_and_hide_the_person_under_them(seed: int) -> None:
+    image, mask = _red_person(160, 90)
+    pasted, label = paste_objects(image, mask, [_green_square_object()] * 3, np.random.default_rng(seed))
+    assert pasted.shape == image.shape and label.shape == mask.shape and label.dtype == np.uint8
+    green = pasted[..., 1].astype(int) > 127
+    assert green.any()
+    assert not (label[green] > 127).any()  # an object is never person, even over one
+    untouched = pasted[..., 1] == 0
+    assert np.array_equal(label[untouched], mask[untouched])  # the label changes only under an object
+    assert (label <= mask).all()
+
+
+def test_object_cutouts_come_only_from_photos_without_people() -> None:
+    photo = np.zeros((100, 200, 3), dtype=np.uint8)
+    photo[10:61, 20:121] = (0, 255, 0)  # PIL fills a polygon with its edge pixels
+    square = [[[0.1, 0.1, 0.6, 0.1, 0.6, 0.6, 0.1, 0.6]]]
+    person = np.zeros((100, 200), dtype=np.uint8)
+    person[70:90, 150:160] = 255
+    loaded = LoadedSet(["empty", "people"], [photo, photo], [np.zeros((100, 200), np.uint8), person])
+    loaded.object_outlines = [square, square]
+    cutouts = object_cutouts(loaded)
+    assert len(cutouts) == 1
+    cut_image, cut_mask = cutouts[0]
+    assert cut_mask.shape == (51, 101) and (cut_mask > 127).mean() > 0.95
+    assert (cut_image[cut_mask > 127][:, 1] == 255).all()
+
+
+def test_object_pastes_are_never_person_and_leave_older_streams_unchanged() -> None:
+    image, mask = _red_person(160, 90)
+    people = LoadedSet(["p"], [image], [mask], name="people")
+    scene = np.zeros_like(image)
+    scene[20:80, 20:80] = (0, 255, 0)
+    empty = LoadedSet(["e"], [scene], [np.zeros_like(mask)], name="empty")
+    empty.object_outlines = [[[[20 / 90, 20 / 160, 80 / 90, 20 / 160, 80 / 90, 80 / 160, 20 / 90, 80 / 160]]]]
+    # No colour changes, so that green marks the pasted object in every crop.
+    cfg = AugmentConfig(patch_size=64, input_size=96, portrait_prob=0.0, composite_prob=0.0, color_jitter=0.0,
+                        grayscale_prob=0.0, noise_prob=0.0, blur_prob=0.0)
+    before = TrainingStream(EpochSampler([people, empty], seed=0), 0, 30, cfg)
+    pasting = TrainingStream(EpochSampler([people, empty], seed=0), 0, 30, dataclasses.replace(cfg, object_paste_prob=1.0))
+    assert len(pasting.objects) == 1 and before.objects == []
+    green_over_person_photos = 0
+    for i, (set_id, _) in enumerate(pasting.draws):
+        crop, label = pasting[i]
+        green = (crop[1] > crop[0] + 1.0) & (crop[1] > crop[2] + 1.0)
+        assert not label[green].any()
+        if set_id == 1:
+            assert not label.any()
+        else:
+            green_over_person_photos += bool(green.any())
+    assert green_over_person_photos > 5
+    off = TrainingStream(EpochSampler([people, empty], seed=0), 0, 30, dataclasses.replace(cfg, object_paste_prob=0.0))
+    off.objects = pasting.objects  # objects at hand but switched off: no extra random draws
+    assert all(torch.equal(off[i][0], before[i][0]) and torch.equal(off[i][1], before[i][1]) for i in range(len(off)))
+
+
+def test_coco128_training_scenes_give_objects_to_paste(data_root: Path) -> None:
+    from train.sources import object_outlines
+
+    source = SourceConfig("coco128", weight=1.0, validate=False, empty_only=True)
+    loaded = load_set(source_splits(source, 0, data_root)["train"], long_side=320, name="coco128")
+    outlines = object_outlines(data_root / "coco128")
+    loaded.object_outlines = [outlines.get(stem, []) for stem in loaded.stems]
+    cutouts = object_cutouts(loaded)
+    # 185 objects of at least 8% of their photo in the 46 training scenes (2026-12-04)
+    assert len(cutouts) > 150
+    assert all(image.shape[:2] == mask.shape and (mask > 127).mean() > 0.1 for image, mask in cutouts)
+
+
+def test_a_pasted_copy_keeps_the_people_and_swaps_the_scene() -> None:
+    from train.pasted import pasted_copy
+
+    image, mask = _red_person(120, 80)
+    image[mask == 0] = (0, 0, 255)
+    scene = np.zeros((50, 100, 3), dtype=np.uint8)
+    scene[...] = (0, 255, 0)
+    moved = pasted_copy(image, mask, scene)
+    assert moved.shape == image.shape
+    inside, outside = mask > 250, mask == 0
+    inner = np.asarray(Image.fromarray(inside).filter(ImageFilter.MinFilter(5)))  # away from the feathered edge
+    assert (moved[inner] == (255, 0, 0)).all()
+    far = np.asarray(Image.fromarray(~outside).filter(ImageFilter.MaxFilter(5))) == 0
+    assert (moved[far] == (0, 255, 0)).all()
+
+
+def test_the_paste_gap_counts_people_found_only_when_pasted() -> None:
+    from train.pasted import summary_line
+
+    rows = [
+        {"stem": "a", "in_place": 0.0, "pasted": 0.9},  # found only pasted
+        {"stem": "b", "in_place": 0.8, "pasted": 0.8},
+        {"stem": "c", "in_place": 0.1, "pasted": 0.3},  # missed both ways: not counted
+    ]
+    line = summary_line("m", rows)
+    assert line.startswith("| m | 0.300 | 0.667 | +0.367 (")
+    assert line.endswith("| 1 of 3 |")

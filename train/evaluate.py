@@ -49,7 +49,7 @@ def select(source: Path, split: str, masks_dir: Path | None = None) -> list[Samp
     return [s for s in samples if s.stem in wanted]
 
 
-def _oriented_rgb(photo: Path | np.ndarray) -> np.ndarray:
+def oriented_rgb(photo: Path | np.ndarray) -> np.ndarray:
     if isinstance(photo, np.ndarray):
         return photo
     from bgremove_plugin.api import load_image
@@ -106,10 +106,10 @@ def build_predictor(
 
     if with_second_pass:
         single = build_predictor(name, device=device, refine=refine, input_size=input_size)
-        return lambda photo: second_pass(single, _oriented_rgb(photo))
+        return lambda photo: second_pass(single, oriented_rgb(photo))
     if name in PEER_NAMES:
         peer = build_peer(name)
-        return lambda path: peer(_oriented_rgb(path))
+        return lambda path: peer(oriented_rgb(path))
     from bgremove_plugin.api import BackgroundRemover
 
     remover = BackgroundRemover(None if name == "default" else name, device=device, refine=refine)  # type: ignore[arg-type]
@@ -182,7 +182,7 @@ def worst_gallery(
     tiles = []
     for row in worst:
         sample = by_stem[str(row["stem"])]
-        photo = Image.fromarray(_oriented_rgb(sample.image))
+        photo = Image.fromarray(oriented_rgb(sample.image))
         truth = Image.open(sample.mask).convert("RGB")
         prediction = Image.fromarray(np.round(predict(sample.image) * 255).astype(np.uint8)).convert("RGB")
         for image in (photo, truth, prediction):

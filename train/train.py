@@ -42,6 +42,7 @@ from .sources import (
     data_root,
     folder_samples,
     object_boxes,
+    object_outlines,
     read_split_list,
     split_samples,
     write_split_lists,
@@ -504,6 +505,9 @@ class Trainer:
             if cfg.augment.object_closeup_prob > 0:
                 boxes = object_boxes(root / source.path)
                 train_set.object_boxes = [boxes.get(stem, []) for stem in train_set.stems]
+            if cfg.augment.object_paste_prob > 0:
+                outlines = object_outlines(root / source.path)
+                train_set.object_outlines = [outlines.get(stem, []) for stem in train_set.stems]
             train_sets.append(train_set)
             if source.validate:
                 val_samples += splits["val"]
@@ -525,6 +529,8 @@ class Trainer:
         log.info("train images %s, val %d, no-person val %d, backgrounds %d", [len(s.images) for s in train_sets], len(self.val.images), len(self.val_empty.images), len(self.backgrounds))
         if cfg.augment.object_closeup_prob > 0:
             log.info("photos with object boxes for close-ups %s", [sum(map(bool, s.object_boxes)) for s in train_sets])
+        if cfg.augment.object_paste_prob > 0:
+            log.info("objects outlined for pasting %s", [sum(map(len, s.object_outlines)) for s in train_sets])
 
     # checkpoint -------------------------------------------------------------------------------
     def state(self, *, slim: bool) -> dict[str, Any]:
