@@ -1521,3 +1521,23 @@ def test_the_paste_gap_counts_people_found_only_when_pasted() -> None:
     line = summary_line("m", rows)
     assert line.startswith("| m | 0.300 | 0.667 | +0.367 (")
     assert line.endswith("| 1 of 3 |")
+
+
+def test_the_object_paste_check_scores_every_held_out_object(data_root: Path) -> None:
+    from train.pasted import measure_object_paste, object_line
+
+    shown: list[np.ndarray] = []
+
+    def remember(photo: Path | np.ndarray) -> np.ndarray:
+        assert isinstance(photo, np.ndarray)
+        shown.append(photo)
+        return np.full(photo.shape[:2], 0.5 if len(shown) % 2 else 0.0, dtype=np.float32)
+
+    rows = measure_object_paste(remember, data_root)
+    # 85 objects of at least 8% of the photo in the 21 held-out scenes (2026-12-04), one photo each plus
+    # one per scene that has objects
+    assert len(rows) == 85 and len(shown) > len(rows)
+    assert all(0.0 <= float(r["in_place"]) <= 1.0 and 0.0 <= float(r["pasted"]) <= 1.0 for r in rows)  # type: ignore[arg-type]
+    assert object_line("m", [{"in_place": 0.0, "pasted": 0.5}, {"in_place": 0.1, "pasted": 0.1}]) == (
+        "| m | 2 | 0.050 (0% above 0.25) | 0.300 (50% above 0.25) |"
+    )

@@ -248,6 +248,15 @@ def crowd_scene(
     return canvas.round().astype(np.uint8), (scene_mask * 255).round().astype(np.uint8)
 
 
+def outline_mask(polygons: Sequence[Polygon], width: int, height: int) -> np.ndarray:
+    """A 0-255 mask of ``width`` x ``height`` filled inside ``polygons`` (fractions of the photo)."""
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for polygon in polygons:
+        draw.polygon([(x * width, y * height) for x, y in zip(polygon[::2], polygon[1::2])], fill=255)
+    return np.asarray(canvas)
+
+
 def object_cutouts(loaded: LoadedSet) -> list[tuple[np.ndarray, np.ndarray]]:
     """(image, 0-255 mask) of every outlined object of ``loaded``'s photos without people, cropped to the
     object: people are never among them, and no person lies under one in the cut-out."""
@@ -257,11 +266,7 @@ def object_cutouts(loaded: LoadedSet) -> list[tuple[np.ndarray, np.ndarray]]:
             continue
         height, width = image.shape[:2]
         for polygons in outlines:
-            canvas = Image.new("L", (width, height), 0)
-            draw = ImageDraw.Draw(canvas)
-            for polygon in polygons:
-                draw.polygon([(x * width, y * height) for x, y in zip(polygon[::2], polygon[1::2])], fill=255)
-            cutout = _masked_cutout(image, np.asarray(canvas))
+            cutout = _masked_cutout(image, outline_mask(polygons, width, height))
             if cutout is not None and min(cutout[1].shape) >= 4:
                 cutouts.append(cutout)
     return cutouts
