@@ -27,6 +27,9 @@ IGNORE_LABEL = 255
 
 log = logging.getLogger(__name__)
 
+PASTE_FEATHER = 0.7
+"""Gaussian radius, in pixels, that softens the edge of every cut-out pasted into a training sample."""
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -87,6 +90,11 @@ class LoadedSet:
     ignore_regions: list[np.ndarray | None] = field(default_factory=list)
     """Per photo, where the label is not to be trained on (> 127: people it leaves out, ``train.bystanders``),
     or None; empty when the source has none."""
+
+    @cached_property
+    def object_cutouts(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:func:`object_cutouts` of this set, rasterised once per run rather than by every epoch's stream."""
+        return object_cutouts(self)
 
     @cached_property
     def mask_peaks(self) -> np.ndarray:
@@ -198,12 +206,12 @@ def closeup(image: np.ndarray, rng: np.random.Generator, around: Box | None = No
 
 
 def _feathered(part: np.ndarray, part_mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """A cut-out scaled by ``scale`` (float32) and its 0-255 mask as a 0-1 alpha softened by 0.7 px: the edge
-    every pasted cut-out gets, person or object, so that the edge alone cannot tell them apart."""
+    """A cut-out scaled by ``scale`` (float32) and its 0-255 mask as a 0-1 alpha softened by ``PASTE_FEATHER``:
+    the edge every pasted cut-out gets, person or object, so that the edge alone cannot tell them apart."""
     size = (max(1, round(part.shape[1] * scale)), max(1, round(part.shape[0] * scale)))
     resized = np.asarray(Image.fromarray(part).resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
     alpha = np.asarray(
-        Image.fromarray(part_mask).resize(size, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(0.7)),
+        Image.fromarray(part_mask).resize(size, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(PASTE_FEATHER)),
         dtype=np.float32,
     ) / 255.0
     return resized, alpha
@@ -420,7 +428,7 @@ class TrainingStream(torch.utils.data.Dataset):
         self.empty_masks = [s.mask_peaks == 0 for s in self.sets]
         # The scene already has its background and its people are small: no re-compositing or portrait framing.
         self.scene_cfg = dataclasses.replace(cfg, composite_prob=0.0, portrait_prob=0.0)
-        self.objects = [cutout for s in self.sets for cutout in object_cutouts(s)] if cfg.object_paste_prob > 0 else []
+        self.objects = [cutout for s in self.sets for cutout in s.object_cutouts] if cfg.object_paste_prob > 0 else []
 
     def __len__(self) -> int:
         return len(self.draws)

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .candidate import paired_interval, scenes_without_people
-from .data import outline_mask
+from .data import PASTE_FEATHER, outline_mask
 from .evaluate import Predictor, build_predictor, oriented_rgb, select
 from .metrics import person_iou
 from .sources import data_root, object_outlines
@@ -44,7 +44,7 @@ def pasted_copy(image: np.ndarray, mask: np.ndarray, scene: np.ndarray) -> np.nd
     backdrop = backdrop.resize(size, Image.Resampling.BILINEAR)
     left, top = (size[0] - width) // 2, (size[1] - height) // 2
     background = np.asarray(backdrop, dtype=np.float32)[top : top + height, left : left + width]
-    alpha = np.asarray(Image.fromarray(mask).filter(ImageFilter.GaussianBlur(0.7)), dtype=np.float32)[..., None] / 255.0
+    alpha = np.asarray(Image.fromarray(mask).filter(ImageFilter.GaussianBlur(PASTE_FEATHER)), dtype=np.float32)[..., None] / 255.0
     return (image.astype(np.float32) * alpha + background * (1.0 - alpha)).round().astype(np.uint8)
 
 
