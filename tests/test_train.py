@@ -30,7 +30,13 @@ from train.data import (
     paste_objects,
 )
 from train.export import export
-from train.metrics import boundary_f_score, mean_absolute_error, person_iou
+from train.metrics import (
+    boundary_f_score,
+    edge_distance_labels,
+    errors_by_edge_distance,
+    mean_absolute_error,
+    person_iou,
+)
 from train.sources import Sample, coco_person_images, export_coco_folder, folder_samples, split_samples
 from train.train import (
     LOCAL_FULL_CHECKPOINT,
@@ -592,6 +598,25 @@ def test_boundary_f_score_scores_outlines_not_areas() -> None:
     assert boundary_f_score(np.ones((8, 8)), np.full((8, 8), 255, np.uint8)) == 1.0
 
 
+def test_errors_by_edge_distance_tell_a_shifted_outline_from_a_missed_region() -> None:
+    truth = np.zeros((120, 100), dtype=np.uint8)
+    truth[20:100, 30:70] = 255
+    exact = truth / 255.0
+    assert errors_by_edge_distance(exact, truth) == ([0] * 6, 80 * 40)
+    shifted, union = errors_by_edge_distance(np.roll(exact, 1, axis=1), truth)
+    assert shifted == [160, 0, 0, 0, 0, 0] and union == 80 * 41  # one column missed, one kept, both at the edge
+    legless = exact.copy()
+    legless[60:100, 30:70] = 0.0  # the lower half missed: most of it far inside the outline
+    wrong, _ = errors_by_edge_distance(legless, truth)
+    assert sum(wrong) == 40 * 40 and wrong[0] < wrong[3] and wrong[0] + wrong[1] < sum(wrong[2:])
+    assert wrong[5] == 0  # nothing in a 40-px-wide figure is 40 px from its outline
+    blob = np.zeros((120, 100))
+    blob[0:10, 0:10] = 1.0  # background kept far from the person
+    assert errors_by_edge_distance(blob, np.zeros_like(truth)) == ([0, 0, 0, 0, 0, 100], 100)  # no outline: all far
+    assert errors_by_edge_distance(blob, truth)[0][4] == 100  # 20 to 40 px from the figure's corner
+    assert edge_distance_labels() == ["0-2 px", "2-5 px", "5-10 px", "10-20 px", "20-40 px", ">=40 px"]
+
+
 def test_mean_absolute_error_of_soft_masks() -> None:
     truth = np.zeros((10, 10), dtype=np.uint8)
     truth[:5] = 255
@@ -1063,12 +1088,14 @@ def test_evaluation_harness_writes_csv_summary_and_gallery(
     evaluate_main(["--model", str(tiny_weights), "--model", str(tiny_weights) + "/", "--source", "synthetic",
                    "--split", "all", "--data-root", str(tmp_path), "--out", str(out)])
     printed = capsys.readouterr().out
-    assert "| model | images | mean IoU" in printed and "boundary F" in printed
+    assert "| model | images | mean IoU" in printed and "boundary F" in printed and "by their distance from the true outline" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["models"]) == 2
     for model in summary["models"].values():
         assert model["images"] == 5 and 0.0 <= model["iou"] <= 1.0 and 0.0 <= model["boundary_f"] <= 1.0
         assert 0.0 <= model["mae"] <= 1.0 and sum(b["images"] for b in model["by_person_area"].values()) == 5
+        bands = model["wrong_per_union_by_edge_distance"]
+        assert list(bands) == edge_distance_labels() and 0.0 <= sum(bands.values()) <= 1.0
     rows = (out / "per_image.csv").read_text().splitlines()
     assert rows[0] == "model,stem,iou,boundary_f,mae,person_area,seconds" and len(rows) == 1 + 2 * 5
     gallery = Image.open(next(out.glob("worst_*.png")))
@@ -1119,6 +1146,11 @@ def test_the_harness_scores_at_the_threshold_asked_for(tmp_path: Path) -> None:
     at_low, = score(predict, samples, threshold=0.3)
     assert at_half["iou"] == 0.0 and at_low["iou"] == 1.0 and at_low["boundary_f"] == 1.0
     assert at_half["mae"] == at_low["mae"]  # the soft alpha's error does not depend on the threshold
+    # The distance bands split 1 - IoU: all of the missed half at 0.5, nothing at 0.3.
+    from train.evaluate import summarise
+
+    assert sum(summarise([at_half])["wrong_per_union_by_edge_distance"].values()) == 1.0
+    assert sum(summarise([at_low])["wrong_per_union_by_edge_distance"].values()) == 0.0
 
 
 def test_full_size_masks_fit_a_downscaled_copy_of_their_photos(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Score models on an images/ + masks/ folder at full resolution: ours and, optionally, the peers.
 
 Per image: IoU of the person class (threshold 0.5), boundary F-score within 3 px, MAE of the soft mask.
-Per model: means, the share of images with IoU < 0.5, a breakdown by person-area bucket and a gallery of
-the 16 worst images (photo / truth / prediction). All models run on the same images in one process and
+Per model: means, the share of images with IoU < 0.5, a breakdown by person-area bucket, the wrong pixels
+by their distance from the true outline (edges against whole regions; pooled over the set, as a share of
+the union) and a gallery of the 16 worst images (photo / truth / prediction). All models run on the same images in one process and
 one table is printed (markdown). With ``--out`` the per-image CSV, the summary JSON and the galleries are
 written there.
 
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .metrics import boundary_f_score, mean_absolute_error, person_iou
+from .metrics import boundary_f_score, edge_distance_labels, errors_by_edge_distance, mean_absolute_error, person_iou
 from .sources import SPLIT_DIR, Sample, data_root, folder_samples, read_split_list
 
 AREA_BUCKETS = ((0.0, 0.05, "<5%"), (0.05, 0.2, "5-20%"), (0.2, 0.4, "20-40%"), (0.4, 1.01, ">=40%"))
@@ -126,8 +127,9 @@ def build_predictor(
 def score(
     predict: Predictor, samples: Sequence[Sample], *, people_only: bool = False, threshold: float = 0.5
 ) -> list[dict[str, object]]:
-    """One row per image: iou and boundary_f of ``alpha >= threshold``, mae of the soft alpha, person_area
-    and the prediction's seconds."""
+    """One row per image: iou and boundary_f of ``alpha >= threshold``, mae of the soft alpha, person_area,
+    the prediction's seconds, and (not in the CSV) its wrong pixels by distance from the true outline with the
+    union they are counted against."""
     rows: list[dict[str, object]] = []
     for sample in samples:
         truth = np.asarray(Image.open(sample.mask).convert("L"))
@@ -138,6 +140,7 @@ def score(
         seconds = time.perf_counter() - started
         if probability.shape != truth.shape:
             raise ValueError(f"{sample.image}: prediction {probability.shape} but mask {truth.shape}")
+        wrong_by_distance, union = errors_by_edge_distance(probability, truth, threshold=threshold)
         rows.append(
             {
                 "stem": sample.stem,
@@ -146,6 +149,8 @@ def score(
                 "mae": mean_absolute_error(probability, truth),
                 "person_area": float((truth > 127).mean()),
                 "seconds": seconds,
+                "wrong_by_edge_distance": wrong_by_distance,
+                "union": union,
             }
         )
     return rows
@@ -161,6 +166,9 @@ def summarise(rows: Sequence[dict[str, object]]) -> dict[str, object]:
         subset = [r for r in rows if low <= float(r["person_area"]) < high]  # type: ignore[arg-type]
         if subset:
             buckets[label] = {"images": len(subset), "iou": mean("iou", subset)}
+    # Pooled, not averaged per image, so that the bands add up to the set's pooled 1 - IoU.
+    wrong = np.sum([r["wrong_by_edge_distance"] for r in rows], axis=0)  # type: ignore[arg-type]
+    union = max(1, sum(int(r["union"]) for r in rows))  # type: ignore[call-overload]
     return {
         "images": len(rows),
         "iou": mean("iou"),
@@ -170,6 +178,9 @@ def summarise(rows: Sequence[dict[str, object]]) -> dict[str, object]:
         "share_iou_below_0.5": round(float((ious < 0.5).mean()), 4),
         "seconds_per_image": mean("seconds"),
         "by_person_area": buckets,
+        "wrong_per_union_by_edge_distance": {
+            label: round(float(count) / union, 4) for label, count in zip(edge_distance_labels(), wrong, strict=True)
+        },
     }
 
 
@@ -216,6 +227,18 @@ def markdown_table(summaries: dict[str, dict[str, object]]) -> str:
             f"{buckets[label]['iou']:.3f} ({int(buckets[label]['images'])})" if label in buckets else "-"
             for label in labels
         ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    distance_labels = edge_distance_labels()
+    lines += [
+        "",
+        "Wrong pixels (pooled over the images, share of the union) by their distance from the true outline:",
+        "",
+        "| model | " + " | ".join(distance_labels) + " | all (pooled 1 - IoU) |",
+        "|---|" + "---|" * (len(distance_labels) + 1),
+    ]
+    for name, s in summaries.items():
+        shares: dict[str, float] = s["wrong_per_union_by_edge_distance"]  # type: ignore[assignment]
+        cells = [f"{100 * shares[label]:.1f}%" for label in distance_labels] + [f"{100 * sum(shares.values()):.1f}%"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -274,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         with (args.out / "per_image.csv").open("w", newline="") as f:
             writer = csv.DictWriter(
-                f, fieldnames=["model", "stem", "iou", "boundary_f", "mae", "person_area", "seconds"]
+                f, fieldnames=["model", "stem", "iou", "boundary_f", "mae", "person_area", "seconds"],
+                extrasaction="ignore",
             )
             writer.writeheader()
             writer.writerows(all_rows)
