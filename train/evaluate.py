@@ -3,8 +3,8 @@
 Per image: IoU of the person class (threshold 0.5), boundary F-score within 3 px, MAE of the soft mask.
 Per model: means, the share of images with IoU < 0.5, a breakdown by person-area bucket, the wrong pixels
 by their distance from the true outline (edges against whole regions; pooled over the set, as a share of
-the union) and a gallery of the 16 worst images (photo / truth / prediction). All models run on the same images in one process and
-one table is printed (markdown). With ``--out`` the per-image CSV, the summary JSON and the galleries are
+the union) and a gallery of the 16 worst images (photo / truth / prediction). All models run on the same
+images in one process and one table is printed (markdown). With ``--out`` the per-image CSV, the summary JSON and the galleries are
 written there.
 
 Examples:
@@ -167,7 +167,9 @@ def summarise(rows: Sequence[dict[str, object]]) -> dict[str, object]:
         if subset:
             buckets[label] = {"images": len(subset), "iou": mean("iou", subset)}
     # Pooled, not averaged per image, so that the bands add up to the set's pooled 1 - IoU.
-    wrong = np.sum([r["wrong_by_edge_distance"] for r in rows], axis=0)  # type: ignore[arg-type]
+    wrong = np.zeros(len(edge_distance_labels()), dtype=np.int64)
+    for row in rows:
+        wrong += np.asarray(row["wrong_by_edge_distance"])
     union = max(1, sum(int(r["union"]) for r in rows))  # type: ignore[call-overload]
     return {
         "images": len(rows),
