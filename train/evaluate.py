@@ -4,8 +4,8 @@ Per image: IoU of the person class (threshold 0.5), boundary F-score within 3 px
 Per model: means, the share of images with IoU < 0.5, a breakdown by person-area bucket, the wrong pixels
 by their distance from the true outline (edges against whole regions; pooled over the set, as a share of
 the union) and a gallery of the 16 worst images (photo / truth / prediction). All models run on the same
-images in one process and one table is printed (markdown). With ``--out`` the per-image CSV, the summary JSON and the galleries are
-written there.
+images in one process and one table is printed (markdown). With ``--out`` the per-image CSV, the summary
+JSON and the galleries are written there.
 
 Examples:
     python -m train.evaluate --source ccp --split test                      # embedded default weights
