@@ -1130,6 +1130,25 @@ def test_the_second_pass_crops_each_group_of_people_and_keeps_what_the_crop_says
     assert second_pass(predict, filled)[60, 150] == np.float32(0.6) and len(calls) == 1
 
 
+def test_keeping_the_largest_person_drops_detached_parts_and_their_rims_only() -> None:
+    from train.evaluate import largest_person
+
+    alpha = np.zeros((100, 200), dtype=np.float32)
+    alpha[10:90, 20:80] = 0.9          # the subject
+    alpha[10:90, 80:82] = 0.3          # its soft rim, kept
+    alpha[40:60, 150:170] = 0.8        # a detached reflection, dropped
+    alpha[38:40, 150:170] = 0.3        # the reflection's rim, dropped
+    alpha[0:5, 190:200] = 0.2          # a faint veil far from the subject, dropped
+    kept = largest_person(alpha)
+    assert kept.dtype == alpha.dtype and kept.shape == alpha.shape
+    assert (kept[10:90, 20:82] == alpha[10:90, 20:82]).all()
+    assert not kept[:, 100:].any()
+    assert np.array_equal(largest_person(np.full((20, 20), 0.3, np.float32)), np.full((20, 20), 0.3, np.float32))
+    one = np.zeros((30, 30), np.float32)
+    one[5:25, 5:25] = 1.0
+    assert np.array_equal(largest_person(one), one)    # one part: nothing to drop
+
+
 def test_the_harness_scores_at_the_threshold_asked_for(tmp_path: Path) -> None:
     from train.evaluate import score
 
