@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+from bgremove_plugin.hub import resolve_device
 from train.sources import data_root
-from train.train import Trainer, apply_overrides, config_from_dict, resolve_device
+from train.train import Trainer, apply_overrides, config_from_dict
 
 
 def _synchronize(device: torch.device) -> None:

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import BackendUnavailableError, BgRemoveError, DeviceUnavailableError, InvalidImageError, ModelLoadError
+from .errors import (
+    BackendUnavailableError,
+    BgRemoveError,
+    DeviceUnavailableError,
+    InvalidArgumentError,
+    InvalidImageError,
+    ModelLoadError,
+)
 
 if TYPE_CHECKING:
     from .api import BackgroundRemover, remove_background
@@ -26,6 +33,7 @@ __all__ = [
     "BackgroundRemover",
     "BgRemoveError",
     "DeviceUnavailableError",
+    "InvalidArgumentError",
     "InvalidImageError",
     "ModelLoadError",
     "TiramisuNet",

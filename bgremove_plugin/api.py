@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import os
@@ -13,13 +14,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageChops, ImageColor, ImageOps, UnidentifiedImageError
 
-from .errors import BackendUnavailableError, InvalidImageError
+from .errors import BackendUnavailableError, InvalidArgumentError, InvalidImageError
 from .hub import load_model, onnx_folder, resolve_device
 from .matting import matte, require_pymatting
 from .model import TiramisuNet
 from .onnx_backend import Backend, OnnxNet, onnx_for
 from .refine import Refine, check_refine, estimate_foreground, guided_upsample
-from .transforms import oriented, prepare_batch, probability_to_mask, to_rgb
+from .transforms import oriented, person_probability, prepare_batch, probability_to_mask, to_rgb, valid_region
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -53,11 +54,21 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(data))
 
 
+def _too_large(exc: Image.DecompressionBombError) -> InvalidImageError:
+    # Pillow refuses images over twice MAX_IMAGE_PIXELS (and only warns between one and two times it).
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return InvalidImageError(
+        f"the image is over Pillow's decompression-bomb limit of {limit:,} pixels ({exc}); downscale it "
+        "first, or raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted"
+    )
+
+
 def load_image(image: ImageInput) -> Image.Image:
     """Turn any accepted input into a PIL image with its EXIF orientation applied.
 
     Raises:
-        InvalidImageError: unsupported type, unreadable data or a zero-size image.
+        InvalidImageError: unsupported type, unreadable data, a zero-size image or one over Pillow's
+            decompression-bomb limit.
     """
     if isinstance(image, Image.Image):
         pil = image
@@ -69,6 +80,8 @@ def load_image(image: ImageInput) -> Image.Image:
         try:
             pil = Image.open(io.BytesIO(bytes(image)))
             pil.load()
+        except Image.DecompressionBombError as exc:
+            raise _too_large(exc) from exc
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise InvalidImageError(f"the {len(image)} bytes given are not a readable image: {exc}") from exc
     elif isinstance(image, (str, os.PathLike)):
@@ -79,6 +92,8 @@ def load_image(image: ImageInput) -> Image.Image:
             with Image.open(path) as opened:
                 opened.load()
                 pil = opened
+        except Image.DecompressionBombError as exc:
+            raise _too_large(exc) from exc
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise InvalidImageError(f"{str(path)!r} is not a readable image: {exc}") from exc
     else:
@@ -102,13 +117,13 @@ def _parse_colour(colour: str | tuple[int, int, int]) -> tuple[int, int, int]:
         try:
             rgb = ImageColor.getrgb(colour)
         except ValueError as exc:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"background={colour!r} is not a colour name or hex code such as 'white' or '#00ff00'"
             ) from exc
         return rgb[0], rgb[1], rgb[2]
     if len(colour) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in colour):
         return colour[0], colour[1], colour[2]
-    raise ValueError(
+    raise InvalidArgumentError(
         f"background={colour!r} must be a colour name, a hex code, an (r, g, b) tuple of 0-255 ints or an image"
     )
 
@@ -125,7 +140,7 @@ def compose(
     """Turn an oriented image and its 'L' person mask into the requested output."""
     if threshold is not None:
         if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+            raise InvalidArgumentError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
         cut = round(threshold * 255)
         mask = mask.point(lambda value: 255 if value >= cut else 0)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -180,9 +195,9 @@ class BackgroundRemover:
         backend: Backend = "auto",
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}")
         if backend not in ("auto", "torch", "onnx"):
-            raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
+            raise InvalidArgumentError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
         self.refine = check_refine(refine)
         if self.refine == "matting":
             require_pymatting()
@@ -196,7 +211,9 @@ class BackgroundRemover:
         self.backend: Backend = "onnx" if self._onnx is not None else "torch"
         if self.backend == "torch" and self.device.type == "cpu":
             # Measured on 2 cores at 224x192: 185-243 ms contiguous, 138-143 ms channels_last (same outputs).
-            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            # On a private copy: Module.to works in place, and load_model's cached network is shared with
+            # other removers (an ONNX export traced from channels_last weights gains stride guards).
+            self.model = copy.deepcopy(self.model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def _onnx_runner(
         self, backend: Backend, model: str | Path | TiramisuNet | None, revision: str | None
@@ -232,11 +249,10 @@ class BackgroundRemover:
             )
             probabilities = net.probability_to_alpha(self._person_probability(batch))
             for i, photo in enumerate(rgb):
-                width, height = valid[i]
                 if mode == "guided":
-                    masks.append(guided_upsample(probabilities[i, :height, :width].cpu().numpy(), photo))
+                    masks.append(guided_upsample(valid_region(probabilities[i], valid[i]).cpu().numpy(), photo))
                 elif mode == "matting":
-                    masks.append(matte(probabilities[i, :height, :width].cpu().numpy(), photo))
+                    masks.append(matte(valid_region(probabilities[i], valid[i]).cpu().numpy(), photo))
                 else:
                     masks.append(probability_to_mask(probabilities[i], valid[i], photo.size))
         return masks
@@ -247,7 +263,7 @@ class BackgroundRemover:
             return torch.from_numpy(self._onnx(batch.numpy()))
         if self.device.type == "cpu":
             batch = batch.contiguous(memory_format=torch.channels_last)
-        return self.model(batch.to(self.device)).float().softmax(dim=1)[:, 1]
+        return person_probability(self.model(batch.to(self.device)))
 
     def predict_alpha(self, images: Sequence[ImageInput], *, refine: Refine | None = None) -> list[np.ndarray]:
         """Person probability as float32 arrays in [0, 1] at each image's oriented size."""

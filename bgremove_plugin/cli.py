@@ -155,6 +155,12 @@ class _Progress:
         self.stream.flush()
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _save_atomically(image: object, target: Path, image_format: str) -> None:
     from PIL import Image
 
@@ -164,6 +170,8 @@ def _save_atomically(image: object, target: Path, image_format: str) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             image.save(stream, format=image_format)
+        # mkstemp makes the file private (0600); the output gets the mode any new file would get.
+        os.chmod(temp_name, 0o666 & ~_umask())
         os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
@@ -180,7 +188,7 @@ def _process(
         results = remover.remove_many([image for _, image in ready], **options)  # type: ignore[arg-type]
         yield from zip((job for job, _ in ready), results)
         return
-    except (BgRemoveError, ValueError, RuntimeError, MemoryError) as exc:
+    except (BgRemoveError, RuntimeError, MemoryError) as exc:
         if len(ready) == 1:
             err.write(f"bgremove: {ready[0][0].source}: {exc}\n")
             yield ready[0][0], None
@@ -225,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             refine=args.refine,
             backend=args.backend,
         )
-    except (BgRemoveError, ValueError) as exc:
+    except BgRemoveError as exc:
         err.write(f"bgremove: {exc}\n")
         return 2
     options = {
@@ -238,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.inputs == ["-"]:
         try:
             result = remover.remove(sys.stdin.buffer.read(), **options)  # type: ignore[arg-type]
-        except (BgRemoveError, ValueError) as exc:
+        except BgRemoveError as exc:
             err.write(f"bgremove: stdin: {exc}\n")
             return 1
         buffer = io.BytesIO()

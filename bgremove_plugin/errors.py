@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["BackendUnavailableError", "BgRemoveError", "DeviceUnavailableError", "InvalidImageError", "ModelLoadError"]
+__all__ = [
+    "BackendUnavailableError",
+    "BgRemoveError",
+    "DeviceUnavailableError",
+    "InvalidArgumentError",
+    "InvalidImageError",
+    "ModelLoadError",
+]
 
 
 class BgRemoveError(Exception):
@@ -11,6 +18,11 @@ class BgRemoveError(Exception):
 
 class InvalidImageError(BgRemoveError, ValueError):
     """The input is not an image the package can read (wrong type, unreadable bytes, zero size)."""
+
+
+class InvalidArgumentError(BgRemoveError, ValueError):
+    """An option has a value outside what it accepts (``threshold=2.0``, ``refine="bogus"``, an unknown
+    colour or backend); the message names the accepted values."""
 
 
 class ModelLoadError(BgRemoveError, OSError):

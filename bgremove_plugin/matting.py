@@ -21,6 +21,7 @@ from PIL import Image
 
 from .errors import BackendUnavailableError
 from .refine import box_mean, guided_upsample
+from .transforms import scaled_size
 
 __all__ = ["MATTING_LONG_SIDE", "matte", "require_pymatting", "trimap_from_probability"]
 
@@ -94,8 +95,7 @@ def matte(probability: np.ndarray, image: Image.Image) -> Image.Image:
 
     rgb = image.convert("RGB")
     width, height = rgb.size
-    scale = min(1.0, MATTING_LONG_SIDE / max(width, height))
-    work_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    work_size = scaled_size(width, height, MATTING_LONG_SIDE)
     small = rgb.resize(work_size, Image.Resampling.BOX)
     work_probability = np.asarray(
         Image.fromarray(probability.astype(np.float32), mode="F").resize(work_size, Image.Resampling.BILINEAR)

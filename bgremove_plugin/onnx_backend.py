@@ -14,6 +14,7 @@ import os
 import tempfile
 import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from .errors import BackendUnavailableError
+from .transforms import person_probability
 
 if TYPE_CHECKING:
     import onnx  # type: ignore[import-untyped,unused-ignore]
@@ -45,6 +47,9 @@ FINGERPRINT_KEY = "bgremove_weights_sha256"
 _INSTALL_HINT = "install the extra: pip install 'bgremove_plugin[onnx]' (onnxruntime, onnx, onnxscript)"
 
 _sessions: dict[tuple[str, int], OnnxNet] = {}
+_sessions_by_net: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, OnnxNet]] = weakref.WeakKeyDictionary()
+"""The same sessions by network object, so a network seen before is not hashed again; the package never
+changes a loaded network's weights."""
 _sessions_lock = threading.Lock()
 
 
@@ -75,7 +80,7 @@ class _PersonProbability(torch.nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).float().softmax(dim=1)[:, 1:2]
+        return person_probability(self.net(x)).unsqueeze(1)
 
 
 def export_onnx(net: TiramisuNet, path: Path) -> Path:
@@ -197,11 +202,18 @@ def onnx_for(net: TiramisuNet, *, weights_dir: Path | None = None, threads: int 
     except ImportError as exc:
         raise BackendUnavailableError(f"backend='onnx' needs onnxruntime; {_INSTALL_HINT}") from exc
     n_threads = threads or torch.get_num_threads()
+    with _sessions_lock:
+        # The network load_model caches comes back on every remove_background(backend="onnx") call: its
+        # session is found without hashing every weight again.
+        known = _sessions_by_net.get(net, {}).get(n_threads)
+        if known is not None:
+            return known
     fingerprint = weights_fingerprint(net)
     key = (fingerprint, n_threads)
     with _sessions_lock:
         cached = _sessions.get(key)
         if cached is not None:
+            _sessions_by_net.setdefault(net, {})[n_threads] = cached
             return cached
         candidates = [weights_dir / ONNX_NAME] if weights_dir is not None else []
         cache_path = onnx_cache_dir() / f"tiramisu-{fingerprint[:20]}.onnx"
@@ -214,5 +226,6 @@ def onnx_for(net: TiramisuNet, *, weights_dir: Path | None = None, threads: int 
             export_onnx(net, cache_path)
             found = OnnxNet(cache_path, threads=n_threads)
         _sessions[key] = found
+        _sessions_by_net.setdefault(net, {})[n_threads] = found
         return found
 

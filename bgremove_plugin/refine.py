@@ -15,6 +15,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from .errors import InvalidArgumentError
+from .transforms import scaled_size
+
 Refine = Literal["none", "guided", "matting"]
 REFINE_MODES: tuple[str, ...] = ("none", "guided", "matting")
 
@@ -32,7 +35,7 @@ _ROWS_PER_BLOCK = 256
 
 def check_refine(refine: str) -> Refine:
     if refine not in REFINE_MODES:
-        raise ValueError(f"refine={refine!r} is not one of {', '.join(map(repr, REFINE_MODES))}")
+        raise InvalidArgumentError(f"refine={refine!r} is not one of {', '.join(map(repr, REFINE_MODES))}")
     return refine  # type: ignore[return-value]
 
 
@@ -99,8 +102,7 @@ def guided_upsample(
     """
     rgb = image.convert("RGB")
     width, height = rgb.size
-    scale = min(1.0, guide_long_side / max(width, height))
-    guide_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    guide_size = scaled_size(width, height, guide_long_side)
     small = rgb.resize(guide_size, Image.Resampling.BOX)
     guide = [np.asarray(band, dtype=np.float32) / 255.0 for band in small.split()]  # R, G, B planes
     target = np.clip(_resize_float(probability, guide_size), 0.0, 1.0)
@@ -187,8 +189,8 @@ def estimate_foreground(image: Image.Image, alpha: Image.Image) -> Image.Image:
     # Blur fusion's wide pass only gathers colours from far away, so it runs at a quarter of the
     # resolution (radius scaled with it); the local pass and the correction keep the full detail.
     wide_radius, local_radius = _FOREGROUND_RADII
-    small_size = _scaled_size(width, height, FOREGROUND_LONG_SIDE)
-    coarse_size = _scaled_size(width, height, FOREGROUND_LONG_SIDE // 4)
+    small_size = scaled_size(width, height, FOREGROUND_LONG_SIDE)
+    coarse_size = scaled_size(width, height, FOREGROUND_LONG_SIDE // 4)
     foreground = background = None
     for size, radius in ((coarse_size, max(1, wide_radius // 4)), (small_size, local_radius)):
         photo = np.asarray(rgb.resize(size, Image.Resampling.BOX), dtype=np.float32) / 255.0
@@ -222,11 +224,6 @@ def estimate_foreground(image: Image.Image, alpha: Image.Image) -> Image.Image:
     partial = (a[..., 0] > 0) & (a[..., 0] < 1)
     window[partial] = np.round(corrected[partial] * 255.0).astype(np.uint8)
     return Image.fromarray(result, mode="RGB")
-
-
-def _scaled_size(width: int, height: int, long_side: int) -> tuple[int, int]:
-    scale = min(1.0, long_side / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _resize_channels(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

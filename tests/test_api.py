@@ -8,9 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from bgremove_plugin import BackgroundRemover, DeviceUnavailableError, InvalidImageError, remove_background
+from bgremove_plugin import (
+    BackgroundRemover,
+    BgRemoveError,
+    DeviceUnavailableError,
+    InvalidArgumentError,
+    InvalidImageError,
+    remove_background,
+)
 
 from .conftest import FIXTURES, PORTRAIT
 
@@ -57,11 +64,39 @@ def test_a_photo_without_people_gives_a_mostly_empty_mask() -> None:
     assert alpha.mean() < 0.25  # measured 0.02 with epoch 140 (two-source decision point; 0.01 with CCP's) and 0.01 with 118, 0.02 with 101 (0.34 with epoch 96, before close-ups)
 
 
-@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "CMYK", "I;16", "F", "1"])
-def test_every_pil_mode_is_accepted(tiny: BackgroundRemover, portrait: Image.Image, mode: str) -> None:
-    image = portrait.resize((97, 61)).convert(mode)
+@pytest.mark.parametrize(
+    ("mode", "colour"),
+    [
+        ("RGB", (200, 40, 10)),
+        ("RGBA", (200, 40, 10)),
+        ("L", (84, 84, 84)),
+        ("LA", (84, 84, 84)),
+        ("CMYK", (200, 40, 10)),
+        ("1", (0, 0, 0)),
+        ("I;16", (84, 84, 84)),  # 84 x 257: 16-bit levels map back to their 8-bit grey
+        ("F", (128, 128, 128)),  # float greyscale in [0, 1]: 0.5 is mid-grey
+    ],
+)
+def test_every_pil_mode_is_accepted_with_its_colours(tiny: BackgroundRemover, mode: str, colour: tuple[int, int, int]) -> None:
+    source = Image.new("RGB", (97, 61), (200, 40, 10))
+    if mode == "I;16":
+        image = Image.new(mode, (97, 61), 84 * 257)
+    elif mode == "F":
+        image = Image.new(mode, (97, 61), 0.5)
+    elif mode == "1":
+        image = source.convert(mode, dither=Image.Dither.NONE)
+    else:
+        image = source.convert(mode)
     out = tiny(image)
     assert out.mode == "RGBA" and out.size == (97, 61)
+    # Without decontamination the cut-out keeps the photo's colours and only adds alpha.
+    assert (np.asarray(out)[..., :3].reshape(-1, 3) == colour).all()
+
+
+def test_a_palette_image_keeps_its_colours(tiny: BackgroundRemover, portrait: Image.Image) -> None:
+    image = portrait.resize((97, 61)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    out = tiny(image)
+    np.testing.assert_array_equal(np.asarray(out)[..., :3], np.asarray(image.convert("RGB")))
 
 
 def test_transparent_input_pixels_stay_transparent(tiny: BackgroundRemover, portrait: Image.Image) -> None:
@@ -74,11 +109,14 @@ def test_exif_orientation_is_respected(tiny: BackgroundRemover, tmp_path: Path, 
     image = portrait.resize((80, 40))
     exif = image.getexif()
     exif[0x0112] = 8  # displayed rotated by 90 degrees
-    path = tmp_path / "rotated.jpg"
+    path = tmp_path / "rotated.png"  # lossless, so the colours compare exactly
     image.save(path, exif=exif)
-    assert tiny(path).size == (40, 80)
-    assert tiny(path.read_bytes()).size == (40, 80)
-    assert tiny(Image.open(path)).size == (40, 80)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    assert upright.shape == (80, 40, 3) and not np.array_equal(upright, upright[::-1, ::-1])  # a wrong turn shows
+    for given in (path, path.read_bytes(), Image.open(path)):
+        out = tiny(given)
+        assert out.size == (40, 80)
+        np.testing.assert_array_equal(np.asarray(out)[..., :3], upright)
 
 
 @pytest.mark.parametrize(
@@ -94,6 +132,19 @@ def test_exif_orientation_is_respected(tiny: BackgroundRemover, tmp_path: Path, 
 def test_numpy_arrays_are_accepted(tiny: BackgroundRemover, array: np.ndarray) -> None:
     out = tiny(array)
     assert out.mode == "RGBA" and out.size == (40, 30)
+
+
+@pytest.mark.parametrize(
+    ("array", "colour"),
+    [
+        (np.full((30, 40, 3), 0.5, dtype=np.float32), 128),  # float arrays are [0, 1]
+        (np.ones((30, 40, 1), dtype=np.float64), 255),
+        (np.full((30, 40), 7, dtype=np.uint8), 7),
+        (np.full((30, 40, 4), 90, dtype=np.uint8), 90),
+    ],
+)
+def test_numpy_arrays_keep_their_values(tiny: BackgroundRemover, array: np.ndarray, colour: int) -> None:
+    assert (np.asarray(tiny(array))[..., :3] == colour).all()
 
 
 def test_paths_and_bytes_are_accepted(tiny: BackgroundRemover) -> None:
@@ -121,6 +172,39 @@ def test_bad_inputs_raise_a_typed_error(tiny: BackgroundRemover, bad: object, me
         tiny(bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"threshold": 2.0}, "threshold must be between 0 and 1"),
+        ({"refine": "bogus"}, "refine='bogus' is not one of"),
+        ({"background": "notacolour"}, "not a colour name"),
+        ({"background": (300, 0, 0)}, "0-255 ints"),
+    ],
+)
+def test_bad_options_raise_a_typed_error_naming_what_is_accepted(
+    tiny: BackgroundRemover, option: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=message) as raised:
+        tiny.remove(Image.new("RGB", (8, 8)), **option)  # type: ignore[arg-type]
+    assert isinstance(raised.value, BgRemoveError) and isinstance(raised.value, ValueError)
+
+
+def test_an_unknown_backend_is_a_typed_error(tiny_weights: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="backend must be 'auto', 'torch' or 'onnx'"):
+        BackgroundRemover(tiny_weights, backend="tensorrt")  # type: ignore[arg-type]
+
+
+def test_a_decompression_bomb_is_an_invalid_image_naming_the_limit(
+    tiny: BackgroundRemover, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.png"
+    Image.new("L", (100, 100)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # Pillow refuses over twice this: 4,000 pixels
+    for given in (path, path.read_bytes()):
+        with pytest.raises(InvalidImageError, match="decompression-bomb limit of 4,000 pixels"):
+            tiny(given)
+
+
 def test_a_text_file_is_not_an_image(tiny: BackgroundRemover, tmp_path: Path) -> None:
     path = tmp_path / "notes.jpg"
     path.write_text("hello")
@@ -137,7 +221,7 @@ def test_background_colour_and_image_give_rgb(tiny: BackgroundRemover, portrait:
     on_image = tiny.remove(small, background=Image.new("RGB", (10, 10), (0, 0, 255)))
     assert on_image.mode == "RGB" and on_image.size == (64, 48)
     assert tiny.remove(small, background=(0, 255, 0)).mode == "RGB"
-    with pytest.raises(ValueError, match="colour"):
+    with pytest.raises(InvalidArgumentError, match="colour"):
         tiny.remove(small, background="not-a-colour")
 
 
@@ -164,7 +248,7 @@ def test_mask_and_threshold(tiny: BackgroundRemover, portrait: Image.Image) -> N
     hard = np.asarray(tiny.remove(portrait, return_mask=True, threshold=0.5))
     assert set(np.unique(hard)) <= {0, 255}
     np.testing.assert_array_equal(hard == 255, np.asarray(mask) >= 128)
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(InvalidArgumentError, match="threshold"):
         tiny.remove(portrait, threshold=1.5)
 
 
@@ -174,9 +258,9 @@ def test_refine_modes_agree_inside_and_differ_at_edges(tiny: BackgroundRemover, 
     assert guided.shape == plain.shape == (portrait.height, portrait.width)
     assert not np.array_equal(guided, plain)
     assert np.abs(guided - plain).mean() < 20  # the same map underneath, reshaped at edges only
-    with pytest.raises(ValueError, match="refine"):
+    with pytest.raises(InvalidArgumentError, match="refine"):
         tiny.remove(portrait, refine="crf")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="refine"):
+    with pytest.raises(InvalidArgumentError, match="refine"):
         BackgroundRemover(tiny.model, refine="sharp")  # type: ignore[arg-type]
 
 

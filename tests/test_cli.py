@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bgremove_plugin import BackgroundRemover
 from bgremove_plugin.cli import main
 
 from .conftest import PORTRAIT
@@ -24,6 +27,17 @@ def photos(tmp_path: Path) -> Path:
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 this is not really a jpeg")
     (folder / "notes.txt").write_text("not an image, not picked up")
     return folder
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_outputs_get_the_mode_the_umask_gives_new_files(tiny_weights: Path, tmp_path: Path, umask: int, mode: int) -> None:
+    out = tmp_path / "cut.png"
+    previous = os.umask(umask)
+    try:
+        assert main([str(PORTRAIT), "-o", str(out), "--model", str(tiny_weights), "--device", "cpu", "--refine", "none"]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == mode
 
 
 def test_one_file_to_one_output(tiny_weights: Path, tmp_path: Path) -> None:
@@ -120,7 +134,6 @@ def test_unreadable_background_image_is_a_usage_error(tiny_weights: Path, tmp_pa
 
 
 def test_backend_option_selects_the_engine(tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
     masks = {}
     for backend in ("torch", "onnx"):
         out = tmp_path / f"{backend}.png"
@@ -135,10 +148,11 @@ def test_backend_option_selects_the_engine(tiny_weights: Path, tmp_path: Path, c
 
 
 def test_matting_refinement_from_the_command_line(tiny_weights: Path, tmp_path: Path) -> None:
-    pytest.importorskip("pymatting", reason="the [matting] extra is not installed")
     out = tmp_path / "matted.png"
-    small = tmp_path / "small.jpg"
+    small = tmp_path / "small.png"
     Image.open(PORTRAIT).resize((128, 128)).save(small)
     assert main([str(small), "-o", str(out), "--model", str(tiny_weights), "--device", "cpu", "--refine", "matting"]) == 0
-    result = Image.open(out)
-    assert result.mode == "RGBA" and result.size == (128, 128)
+    result = np.asarray(Image.open(out))
+    remover = BackgroundRemover(tiny_weights, device="cpu")
+    np.testing.assert_array_equal(result, np.asarray(remover.remove(small, refine="matting")))
+    assert not np.array_equal(result, np.asarray(remover.remove(small, refine="guided")))

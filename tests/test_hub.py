@@ -23,6 +23,7 @@ from bgremove_plugin.hub import DEFAULT_WEIGHTS_DIR, OFFICIAL_REPO_ID, OFFICIAL_
 from .conftest import PORTRAIT, free_port
 
 REPO_ID = "bgremove-test/tiramisu-person"
+V1_INPUT_SIZE = 256
 
 # Runs in a fresh interpreter because huggingface_hub reads HF_ENDPOINT once, when it is imported.
 LOADER = textwrap.dedent(
@@ -50,18 +51,20 @@ def _git(*args: str, cwd: Path) -> None:
 
 @pytest.fixture(scope="module")
 def hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    pytest.importorskip("olah", reason="the Hub round-trip test needs the olah package (test extra)")
-    if shutil.which("git") is None:
-        pytest.skip("git is needed to build the local Hub repo")
     root = tmp_path_factory.mktemp("hub")
     repo = root / "mirrors" / "models" / REPO_ID
     repo.mkdir(parents=True)
     for name in ("config.json", "model.safetensors", "model.onnx"):
         shutil.copy(DEFAULT_WEIGHTS_DIR / name, repo / name)
+    # Tag v1 is the same weights run at another working size; main is the default weights as they ship.
+    config = json.loads((DEFAULT_WEIGHTS_DIR / "config.json").read_text())
+    (repo / "config.json").write_text(json.dumps({**config, "input_size": V1_INPUT_SIZE}))
     _git("init", "-q", "-b", "main", cwd=repo)
     _git("add", ".", cwd=repo)
-    _git("commit", "-qm", "weights", cwd=repo)
+    _git("commit", "-qm", "weights at 256", cwd=repo)
     _git("tag", "v1", cwd=repo)
+    shutil.copy(DEFAULT_WEIGHTS_DIR / "config.json", repo / "config.json")
+    _git("commit", "-qam", "weights", cwd=repo)
     port = free_port()
     (root / "olah.toml").write_text(
         textwrap.dedent(
@@ -140,7 +143,6 @@ ONNX_LOADER = textwrap.dedent(
 
 
 def test_the_onnx_backend_uses_the_graph_published_with_the_weights(hub_server: str, tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
     hf_home = tmp_path / "hf_home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update({"HF_HOME": str(hf_home), "HF_HUB_DISABLE_TELEMETRY": "1", "HF_ENDPOINT": hub_server})
@@ -155,7 +157,8 @@ def test_the_onnx_backend_uses_the_graph_published_with_the_weights(hub_server: 
 
 def test_revision_is_honoured(hub_server: str, tmp_path: Path) -> None:
     tagged = _load_in_subprocess({"HF_ENDPOINT": hub_server}, tmp_path / "hf", tmp_path / "v1.npy", revision="v1")
-    assert "input_size" in tagged
+    main = _load_in_subprocess({"HF_ENDPOINT": hub_server}, tmp_path / "hf", tmp_path / "main.npy", revision="main")
+    assert tagged == {"input_size": V1_INPUT_SIZE} and main == {"input_size": load_model().input_size} != tagged
     missing = _load_in_subprocess({"HF_ENDPOINT": hub_server}, tmp_path / "hf", tmp_path / "x.npy", revision="no-such-tag")
     assert "error" in missing and "no-such-tag" in str(missing["error"])
 
@@ -175,5 +178,8 @@ def test_local_files_only_never_touches_the_network(tmp_path: Path) -> None:
         load_model("bgremove-test/never-downloaded", local_files_only=True, cache_dir=tmp_path)
 
 
-def test_official_repo_and_revision_are_named() -> None:
-    assert OFFICIAL_REPO_ID.count("/") == 1 and OFFICIAL_REVISION
+def test_the_docs_name_the_official_repo_and_revision() -> None:
+    root = Path(__file__).resolve().parents[1]
+    readme, card = (root / "README.md").read_text(), (root / "model_card.md").read_text()
+    assert f'load_model("{OFFICIAL_REPO_ID}", revision="{OFFICIAL_REVISION}")' in readme
+    assert OFFICIAL_REPO_ID in card

@@ -11,14 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from bgremove_plugin import BackendUnavailableError, BackgroundRemover, load_model
+from bgremove_plugin import BackendUnavailableError, BackgroundRemover, InvalidArgumentError, load_model, onnx_backend
 from bgremove_plugin.hub import DEFAULT_WEIGHTS_DIR
 from bgremove_plugin.transforms import prepare_batch
 
 from .conftest import FIXTURES, PORTRAIT, shared_data_root
-
-pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
-onnx_backend = pytest.importorskip("bgremove_plugin.onnx_backend")
 
 
 def real_photos() -> list[Image.Image]:
@@ -122,9 +119,31 @@ def test_new_weights_are_exported_once_and_then_reused(
     assert len(exported) == 1 and first._onnx is not None and first._onnx.path == exported[0]
 
     onnx_backend._sessions.clear()
+    onnx_backend._sessions_by_net.clear()
     monkeypatch.setattr(onnx_backend, "export_onnx", lambda *a, **k: pytest.fail("exported twice"))
     second = BackgroundRemover(tiny_weights, device="cpu", backend="onnx")
     assert second._onnx is not None and second._onnx.path == exported[0]
+
+
+def test_a_network_seen_before_finds_its_session_without_hashing_its_weights(
+    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BGREMOVE_CACHE", str(tmp_path / "cache"))
+    net = load_model(tiny_weights, device="cpu")
+    first = onnx_backend.onnx_for(net)
+    hashed: list[object] = []
+    monkeypatch.setattr(onnx_backend, "weights_fingerprint", lambda model: hashed.append(model) or "x")
+    assert onnx_backend.onnx_for(net) is first and hashed == []
+    assert onnx_backend.onnx_for(net, threads=1) is not first and hashed  # another thread count: looked up by weights
+
+
+def test_the_torch_backend_leaves_the_shared_network_as_it_was(tiny_weights: Path) -> None:
+    shared = load_model(tiny_weights, device="cpu")
+    remover = BackgroundRemover(tiny_weights, device="cpu", backend="torch")
+    assert load_model(tiny_weights, device="cpu") is shared and remover.model is not shared
+    assert all(p.is_contiguous() for p in shared.parameters())
+    weight = next(p for p in remover.model.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
 def test_a_stale_onnx_file_next_to_the_weights_is_ignored(
@@ -152,5 +171,5 @@ def test_without_the_extra_onnx_fails_clearly_and_auto_still_works(
 
 
 def test_an_unknown_backend_is_refused(tiny_weights: Path) -> None:
-    with pytest.raises(ValueError, match="backend must be"):
+    with pytest.raises(InvalidArgumentError, match="backend must be"):
         BackgroundRemover(tiny_weights, device="cpu", backend="tensorrt")  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bgremove_plugin import InvalidArgumentError
 from bgremove_plugin.refine import box_mean, check_refine, estimate_foreground, guided_upsample
 
 
@@ -82,7 +83,7 @@ def test_large_photos_are_refined_block_by_block_without_seams() -> None:
 
 def test_unknown_refine_mode_is_rejected() -> None:
     assert check_refine("none") == "none"
-    with pytest.raises(ValueError, match="refine='matte' is not one of"):
+    with pytest.raises(InvalidArgumentError, match="refine='matte' is not one of"):
         check_refine("matte")
 
 

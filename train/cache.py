@@ -21,6 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from bgremove_plugin.transforms import scaled_size
+
 from .sources import data_root
 
 
@@ -41,8 +43,7 @@ def downscale_folder(
         if only_stems is not None and image_path.stem not in only_stems:
             continue
         image = Image.open(image_path).convert("RGB")
-        scale = min(1.0, long_side / max(image.size))
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        size = scaled_size(image.width, image.height, long_side)
         image.resize(size, Image.Resampling.LANCZOS).save(target / "images" / image_path.name, quality=quality)
         if labelled:
             Image.open(mask_path).convert("L").resize(size, Image.Resampling.BILINEAR).save(target / "masks" / mask_path.name)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from bgremove_plugin.transforms import normalize
+from bgremove_plugin.transforms import normalize, scaled_size
 
 from .sources import Box, Polygon, Sample
 
@@ -112,8 +112,7 @@ def _load_pair(sample: Sample, long_side: int | None) -> tuple[np.ndarray, np.nd
             raise ValueError(f"{sample.mask} is {mask.size}, its image is {image.size}")
         mask = mask.resize(image.size, Image.Resampling.BILINEAR)
     if long_side and max(image.size) > long_side:
-        scale = long_side / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        size = scaled_size(image.width, image.height, long_side)
         image = image.resize(size, Image.Resampling.LANCZOS)
         mask = mask.resize(size, Image.Resampling.BILINEAR)
     return np.asarray(image), np.asarray(mask)
