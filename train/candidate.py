@@ -5,6 +5,7 @@ Examples:
     python -m train.candidate --run-dir train/runs/cpu-fcdn56 --checkpoint last.pt --out /tmp/c41
     python -m train.candidate --weights bgremove_plugin/weights --out /tmp/shipped               # the baseline
     python -m train.candidate --report /tmp/c41/summary.json --compare other/candidate.json     # no measuring
+    .peers/venv/bin/python -m train.candidate --run-dir train/runs/coco-fcdn56 --out /tmp/c --peers reports/peers
 
 Writes ``<out>/weights`` (float32, threshold calibrated on the run's validation split) and
 ``<out>/summary.json``, and prints one table: CCP test, coco128 people and held-out portraits (against the
@@ -43,6 +44,9 @@ BEST_PEER_CAT = 0.62
 NO_PERSON_PHOTOS = ("tests/fixtures/coffee.jpg", "tests/fixtures/chelsea.jpg")
 SETS = {
     # name: (source folder under the data root, split, pseudo-label set or None, people only)
+    # The original work's protocol: COCO's test photos with 1-2 people covering 20-70% of the frame (84.6 there).
+    "coco_test_original": ("coco_people", "test_original", None, False),
+    "coco_test": ("coco_people", "test", None, False),
     "ccp_test": ("ccp", "test", None, False),
     "coco128_people": ("coco128", "all", None, True),
     "portraits_vs_teacher": ("people/interfaces_cc0", "val", "train/pseudo_labels/interfaces_cc0", False),
@@ -142,51 +146,64 @@ def paired_interval(
     return float(differences.mean()), float(low), float(high)
 
 
+SHIP_BETTER_ON = ("coco_test", "coco128_people")
+"""The sets of real photos a new default must beat the shipped weights on."""
+SHIP_NOT_WORSE_ON = ("ccp_test",)
+"""Sets where a loss within the noise is accepted: the per-photo difference's 95% interval reaches 0."""
+
+
+def _set_rule(name: str, candidate: dict[str, Any], other: dict[str, Any], against: str) -> tuple[str, bool]:
+    if name not in candidate or name not in other:
+        return f"{name}: not measured in both reports", False
+    noise_allowed = name in SHIP_NOT_WORSE_ON
+    relation = "not below, beyond the noise," if noise_allowed else ">"
+    line = f"{name} IoU {candidate[name]['iou']} {relation} {against} {other[name]['iou']}"
+    passed = candidate[name]["iou"] > other[name]["iou"]
+    if "per_image_iou" in candidate[name] and "per_image_iou" in other[name]:
+        ahead, behind = paired_counts(candidate[name]["per_image_iou"], other[name]["per_image_iou"])
+        mean, low, high = paired_interval(candidate[name]["per_image_iou"], other[name]["per_image_iou"])
+        line += (
+            f" (ahead by > {PAIRED_MARGIN} on {ahead} photos, behind on {behind}; per photo {mean:+.4f}, "
+            f"95% interval {low:+.4f} to {high:+.4f})"
+        )
+        if noise_allowed:
+            passed = high >= 0
+    return line, passed
+
+
 def ship_verdict(
     candidate: dict[str, Any], shipped: dict[str, Any], *, against: str = "shipped"
 ) -> list[tuple[str, bool]]:
-    """The model card's ship rule, one line per condition: better than the shipped weights on every set
-    with people; where there is no one, far below the peers (they keep 0.17-0.30 of the scenes and
-    close-ups) and the close-up cat below the best of them. Where both reports hold per-photo IoUs, a set's
-    line also says on how many photos the candidate is ahead and behind, and the paired difference with its
-    bootstrap interval (:func:`paired_interval`): a mean moved by a few photos (coco128's swing 0.02-0.03
-    between neighbouring epochs) reads differently from one moved by many. They inform; the rule is the means'.
-    ``against`` names the other report in the lines, for when it is not the shipped weights'."""
-    rules = []
-    for name in SETS:
-        line = f"{name} IoU {candidate[name]['iou']} > {against} {shipped[name]['iou']}"
-        if "per_image_iou" in candidate[name] and "per_image_iou" in shipped[name]:
-            ahead, behind = paired_counts(candidate[name]["per_image_iou"], shipped[name]["per_image_iou"])
-            mean, low, high = paired_interval(candidate[name]["per_image_iou"], shipped[name]["per_image_iou"])
-            line += (
-                f" (ahead by > {PAIRED_MARGIN} on {ahead} photos, behind on {behind}; per photo {mean:+.4f}, "
-                f"95% interval {low:+.4f} to {high:+.4f})"
-            )
-        rules.append((line, candidate[name]["iou"] > shipped[name]["iou"]))
+    """The model card's ship rule, one line per condition: better than the shipped weights on COCO's
+    single-person test photos and on coco128's people; on CCP no loss beyond the noise (the per-photo
+    difference's bootstrap interval, :func:`paired_interval`, reaches 0); no more kept of the held-out scenes
+    without people, on average or above 0.25; and the coffee photo under the test's floor. Where both reports
+    hold per-photo IoUs, a set's line also says on how many photos the candidate is ahead and behind: a mean
+    moved by a few photos reads differently from one moved by many. ``against`` names the other report in
+    the lines, for when it is not the shipped weights'."""
+    rules = [_set_rule(name, candidate, shipped, against) for name in (*SHIP_BETTER_ON, *SHIP_NOT_WORSE_ON)]
     alphas = candidate["no_person_mean_alpha"]
-    rules += [
-        (f"coffee.jpg {alphas['coffee.jpg']} < 0.25 (the test's floor)", alphas["coffee.jpg"] < 0.25),
-        (f"chelsea.jpg {alphas['chelsea.jpg']} < {BEST_PEER_CAT} (the best peer)", alphas["chelsea.jpg"] < BEST_PEER_CAT),
-    ]
-    for name in ("scenes_without_people", "object_closeups"):
-        row = candidate[name]
-        rules.append((
-            f"{name} mean {row['mean_alpha']} < 0.05, share above 0.25 {row['share_above_0.25']} <= 0.05",
-            row["mean_alpha"] < 0.05 and row["share_above_0.25"] <= 0.05,
-        ))
+    rules.append((f"coffee.jpg {alphas['coffee.jpg']} < 0.25 (the test's floor)", alphas["coffee.jpg"] < 0.25))
+    mine, theirs = candidate["scenes_without_people"], shipped["scenes_without_people"]
+    scenes = (
+        f"scenes_without_people mean {mine['mean_alpha']} <= {against} {theirs['mean_alpha']}, "
+        f"share above 0.25 {mine['share_above_0.25']} <= {theirs['share_above_0.25']}"
+    )
+    kept_no_more = mine["mean_alpha"] <= theirs["mean_alpha"] and mine["share_above_0.25"] <= theirs["share_above_0.25"]
+    rules.append((scenes, kept_no_more))
     return rules
 
 
 def measured_people(report: dict[str, Any]) -> bool:
-    """Whether ``report`` holds the sets with people (not one made with ``--without-people-only``)."""
-    return all(name in report for name in SETS)
+    """Whether ``report`` holds sets with people (not one made with ``--without-people-only``)."""
+    return any(name in report for name in SETS)
 
 
 def print_report(report: dict[str, Any]) -> None:
     """The summary table of a report measured with people, or only its photos without people."""
     if measured_people(report):
         print("| set | images | mean IoU | boundary F | MAE | IoU < 0.5 | IoU by person area |\n|---|---|---|---|---|---|---|")
-        for name in SETS:
+        for name in (name for name in SETS if name in report):
             row = report[name]
             areas = " / ".join(f"{label} {bucket['iou']}" for label, bucket in row["by_person_area"].items())
             print(
@@ -198,14 +215,58 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"close-ups of their annotated objects: {report['object_closeups']}")
 
 
+COMPARED_PEERS = ("u2net", "u2netp", "mediapipe0")
+
+
+def comparison_table(reports: dict[str, dict[str, Any]]) -> str:
+    """One markdown row per model: mean IoU on each set with people (threshold 0.5, full resolution) and the
+    mean share of the held-out scenes without people that it keeps (with how many it keeps over 0.25)."""
+    names = [name for name in SETS if any(name in report for report in reports.values())]
+    header = "| model | " + " | ".join(f"{name} ({_images(reports, name)})" for name in names)
+    lines = [header + " | scenes without people kept |", "|---" * (len(names) + 2) + "|"]
+    for model, report in reports.items():
+        cells = [str(report[name]["iou"]) if name in report else "-" for name in names]
+        scenes = report["scenes_without_people"]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {scenes['mean_alpha']} ({scenes['share_above_0.25']:.0%} > 0.25) |")
+    return "\n".join(lines)
+
+
+def _images(reports: dict[str, dict[str, Any]], name: str) -> int:
+    return next(report[name]["images"] for report in reports.values() if name in report)
+
+
+def peer_reports(folder: Path, root: Path) -> dict[str, dict[str, Any]]:
+    """The peers' reports kept in ``folder`` (``<peer>.json``), measuring and keeping any that is missing
+    (that needs the peers' environment). The peers never change, so they are measured once per data."""
+    folder.mkdir(parents=True, exist_ok=True)
+    reports = {}
+    for peer in COMPARED_PEERS:
+        path = folder / f"{peer}.json"
+        if not path.exists():
+            path.write_text(json.dumps(measure(peer, root), indent=2) + "\n")
+        reports[peer] = json.loads(path.read_text())
+    return reports
+
+
 def print_verdict(report: dict[str, Any], compare: Path) -> None:
-    # A run's candidate.json is named by its run folder, a measured summary.json by its --out folder.
-    against = "shipped" if compare.resolve() == SHIPPED_REPORT.resolve() else compare.parent.name
-    rules = ship_verdict(report, json.loads(compare.read_text()), against=against)
+    rules = ship_verdict(report, json.loads(compare.read_text()), against=_report_name(compare))
     print(f"ship rule against {compare}:")
     for rule, passed in rules:
         print(f"  {'pass' if passed else 'FAIL'}  {rule}")
     print("verdict: " + ("ships" if all(passed for _, passed in rules) else "does not ship"))
+
+
+def _report_name(path: Path) -> str:
+    # A run's candidate.json is named by its run folder, a measured summary.json by its --out folder.
+    return "shipped" if path.resolve() == SHIPPED_REPORT.resolve() else path.parent.name
+
+
+def print_comparison(report: dict[str, Any], compare: Path, peers: Path | None, root: Path) -> None:
+    """The candidate beside the report it is judged against and, with ``peers``, beside the peers."""
+    reports = {"candidate": report, _report_name(compare): json.loads(compare.read_text())}
+    if peers is not None:
+        reports |= peer_reports(peers, root)
+    print(comparison_table(reports))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="best.pt (default) or last.pt (its EMA when the run keeps one, else the raw weights)")
     parser.add_argument("--out", type=Path, help="where the weights and summary.json go (required unless --report)")
     parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--peers", type=Path, metavar="FOLDER",
+                        help="also print U²-Net, U²-NetP and MediaPipe in one table with the candidate and the shipped "
+                        "weights; their reports are kept in FOLDER and measured where missing (in .peers/venv)")
     parser.add_argument("--compare", type=Path, default=SHIPPED_REPORT,
                         help="the shipped weights' summary.json, for the ship rule's verdict (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -234,6 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{args.report} holds only the photos without people; the ship rule needs those with people")
         if not args.compare.exists():
             parser.error(f"--compare {args.compare}: no such report")
+        print_comparison(report, args.compare, args.peers, args.data_root or data_root())
         print_verdict(report, args.compare)
         return
     if args.out is None:
@@ -254,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
     print_report(report)
     if measured_people(report) and args.compare.exists():
+        print_comparison(report, args.compare, args.peers, root)
         print_verdict(report, args.compare)
 
 

@@ -9,6 +9,7 @@ JSON and the galleries are written there.
 
 Examples:
     python -m train.evaluate --source ccp --split test                      # embedded default weights
+    python -m train.evaluate --source coco_people --split test_original     # the original work's COCO test
     python -m train.evaluate --model train/runs/cpu-fcdn56/export --source coco128 --split all --people-only
     python -m train.evaluate --source people/interfaces_cc0 --masks train/pseudo_labels/interfaces_cc0 --split test
                                        # agreement with the teacher's pseudo-labels, not with human labels
@@ -45,7 +46,8 @@ def select(source: Path, split: str, masks_dir: Path | None = None) -> list[Samp
         return samples
     list_file = SPLIT_DIR / f"{source.name}_{split}.txt"
     if not list_file.exists():
-        raise SystemExit(f"no split list {list_file}; use --split all or train on {source.name} first")
+        known = sorted(p.stem.removeprefix(f"{source.name}_") for p in SPLIT_DIR.glob(f"{source.name}_*.txt"))
+        raise SystemExit(f"no split list {list_file}; use --split all or one of {known or 'train, val, test after training'}")
     wanted = set(read_split_list(list_file))
     return [s for s in samples if s.stem in wanted]
 
@@ -279,7 +281,9 @@ def main(argv: list[str] | None = None) -> None:
         help="'default', a weights folder, a Hub id, or a peer (u2net, u2netp, mediapipe0, mediapipe1, teacher); repeatable",
     )
     parser.add_argument("--source", default="ccp", help="folder under the data root")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    parser.add_argument("--split", default="test",
+                        help="train, val, test, all, or another list in train/splits (coco_people: test_original, "
+                        "the test photos that pass the original work's filter)")
     parser.add_argument("--masks", type=Path, default=None, help="a pseudo-label set (holding masks/) to score against")
     parser.add_argument("--people-only", action="store_true", help="skip images whose mask is empty")
     parser.add_argument("--data-root", type=Path, default=None)

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from bgremove_plugin.hub import resolve_device
 from bgremove_plugin.model import PRESETS, TiramisuNet
-from bgremove_plugin.transforms import prepare_batch, unpad_and_resize
+from bgremove_plugin.transforms import person_probability, prepare_batch, unpad_and_resize
 
 from .data import IGNORE_LABEL, AugmentConfig, EpochSampler, LoadedSet, TrainingStream, load_backgrounds, load_set
 from .losses import lovasz_softmax
@@ -74,6 +75,9 @@ class SourceConfig:
     calibrate: bool = False
     """Whether its val split also fits the exported model's decision threshold (validated sources always
     do): pseudo-labelled portraits, so that the threshold is not CCP's alone. Training ignores it."""
+    train_only: bool = False
+    """Every photo of the source trains and none validates or tests, and no split list is written: photos with
+    no human masks to score against (COCO's multi-person photos, labelled by ``train.groups``)."""
 
 
 @dataclass
@@ -143,6 +147,10 @@ class TrainConfig:
     cross-entropy alone, the original work's loss. The term optimises the reported per-photo IoU, in which
     a small person counts as much as a large one; two epochs of it from the shipped epoch 140, at the
     schedule's last rate, gained nothing over cross-entropy (docs/experiments.md, "A Lovász term")."""
+    init_weights: str | None = None
+    """A weights folder (config.json + model.safetensors, relative to the repository) whose weights a new run
+    starts from, with a fresh optimiser warmed up over ``resume_warmup_steps``; None: random initialisation.
+    Its architecture must be the preset's. A resumed run ignores it (its checkpoint holds the weights)."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -199,7 +207,35 @@ def _named_configs() -> dict[str, TrainConfig]:
         slim_checkpoint=True,
         augment=AugmentConfig(patch_size=224, input_size=320, crowd_prob=0.3, closeup_prob=0.5, object_closeup_prob=0.7),
     )
-    return {c.name: c for c in (original, cpu, fcdn103)}
+    # Real photos (issue: people in streets, rooms, crowds): COCO's people, the human-labelled single-person
+    # photos (validated on their val split beside CCP's) and the multi-person photos labelled by the teacher
+    # held to their person boxes (train.groups), fine-tuned from the FC-DenseNet56 default. Per photo, the
+    # human-labelled COCO photos weigh twice CCP's; COCO then makes about two thirds of the draws.
+    coco = TrainConfig(
+        name="coco-fcdn56",
+        preset="fcdensenet56",
+        sources=[
+            SourceConfig("ccp", ignore_regions="train/pseudo_labels/ccp_bystanders"),
+            SourceConfig("coco_people", weight=2.0),
+            SourceConfig(
+                "coco_people", masks="train/pseudo_labels/coco_people_groups", validate=False, ignore_band=0.2,
+                ignore_regions="train/pseudo_labels/coco_people_groups/unlabelled", train_only=True,
+            ),
+            *copy.deepcopy(PSEUDO_LABELLED_PEOPLE),
+            copy.deepcopy(NEGATIVES),
+        ],
+        epochs=100000,
+        samples_per_epoch=1000,
+        batch_size=16,
+        lr=2e-4,
+        lr_decay=0.98,
+        val_limit=0,
+        amp_cpu=True,
+        slim_checkpoint=True,
+        init_weights="bgremove_plugin/weights",
+        augment=AugmentConfig(patch_size=224, input_size=320, crowd_prob=0.3, closeup_prob=0.5, object_closeup_prob=0.7),
+    )
+    return {c.name: c for c in (original, cpu, fcdn103, coco)}
 
 
 NAMED_CONFIGS = _named_configs()
@@ -289,6 +325,8 @@ def dataset_splits(
 def source_splits(source: SourceConfig, seed: int, root: Path, split_dir: Path = SPLIT_DIR) -> dict[str, list[Sample]]:
     """A configured source's train/val/test samples, with its pseudo-label masks and filters applied."""
     masks_dir = REPO / source.masks / "masks" if source.masks else None
+    if source.train_only:
+        return {"train": folder_samples(root / source.path, masks_dir), "val": [], "test": []}
     splits = dataset_splits(root / source.path, Path(source.path).name, seed, split_dir, masks_dir)
     if source.empty_only:
         splits = {name: [s for s in samples if _mask_is_empty(s.mask)] for name, samples in splits.items()}
@@ -327,14 +365,6 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         # A copy of the tree without .git (a lent GPU machine) is told its commit by whoever sent it.
         return os.environ.get("BGREMOVE_GIT_COMMIT", "unknown")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for, but torch.cuda.is_available() is False")
-    return torch.device(name)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -408,7 +438,7 @@ def predict_probabilities(model: torch.nn.Module, images: list[np.ndarray], devi
         chunk = [Image.fromarray(a) for a in images[start : start + batch_size]]
         batch, valid = prepare_batch(chunk, long_side=net.input_size, multiple=net.pad_multiple, mean=net.mean, std=net.std)
         logits = model(batch.to(device))
-        person = logits.float().softmax(dim=1)[:, 1]
+        person = person_probability(logits)
         for i, image in enumerate(chunk):
             probs.append(unpad_and_resize(person[i], valid[i], image.size))
     return probs
@@ -487,6 +517,11 @@ class Trainer:
         if cfg.slim_checkpoint and self.ema is not None:
             raise ValueError("slim_checkpoint keeps no EMA weights: set ema_decay=0 or slim_checkpoint=false")
         self.warmup_steps_left = 0
+        if cfg.init_weights:
+            from bgremove_plugin.hub import build_from_folder
+
+            self.model.load_state_dict(build_from_folder(REPO / cfg.init_weights).state_dict(), strict=True)
+            self.warmup_steps_left = cfg.resume_warmup_steps
         self.epoch = 0
         self.best_iou = -1.0
         self.samples_seen = 0
