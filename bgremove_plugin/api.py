@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageChops, ImageColor, ImageOps, UnidentifiedImageError
 
-from .errors import BackendUnavailableError, InvalidArgumentError, InvalidImageError
+from .errors import InvalidArgumentError, InvalidImageError
 from .hub import load_model, onnx_folder, resolve_device
 from .matting import matte, require_pymatting
 from .model import TiramisuNet
-from .onnx_backend import Backend, OnnxNet, onnx_for
+from .onnx_backend import Backend, OnnxNet, onnx_for, onnx_provider
 from .refine import Refine, check_refine, estimate_foreground, guided_upsample
 from .transforms import oriented, person_probability, prepare_batch, probability_to_mask, to_rgb, valid_region
 
@@ -202,6 +202,7 @@ class BackgroundRemover:
         if self.refine == "matting":
             require_pymatting()
         self.device = resolve_device(device)
+        self._device_chosen_automatically = device is None or str(device) == "auto"
         if isinstance(model, TiramisuNet):
             self.model = model.to(self.device).eval()
         else:
@@ -215,6 +216,15 @@ class BackgroundRemover:
             # other removers (an ONNX export traced from channels_last weights gains stride guards).
             self.model = copy.deepcopy(self.model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
+    @property
+    def provider(self) -> str | None:
+        """The ONNX Runtime execution provider running the network (``backend="onnx"``), else None."""
+        return self._onnx.provider if self._onnx is not None else None
+
+    def __repr__(self) -> str:
+        engine = f"onnx on {self.provider}" if self._onnx is not None else "torch"
+        return f"BackgroundRemover(input_size={self.model.input_size}, device={self.device}, backend={engine})"
+
     def _onnx_runner(
         self, backend: Backend, model: str | Path | TiramisuNet | None, revision: str | None
     ) -> OnnxNet | None:
@@ -223,12 +233,9 @@ class BackgroundRemover:
         # 2026-11-26), which the README states so that CPU users can choose it.
         if backend != "onnx":
             return None
-        if self.device.type != "cpu":
-            raise BackendUnavailableError(
-                f"backend='onnx' runs on the CPU, but device is {self.device}; use device='cpu' or backend='torch'"
-            )
+        provider = onnx_provider(self.device, fall_back=self._device_chosen_automatically)
         weights_dir = None if isinstance(model, TiramisuNet) else onnx_folder(model, revision)
-        return onnx_for(self.model, weights_dir=weights_dir)
+        return onnx_for(self.model, weights_dir=weights_dir, provider=provider)
 
     def predict_masks(self, images: Sequence[ImageInput], *, refine: Refine | None = None) -> list[Image.Image]:
         """Person probability as 8-bit 'L' masks (255 = person) at each image's oriented size."""

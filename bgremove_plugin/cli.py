@@ -36,6 +36,7 @@ examples:
   bgremove photo.jpg --refine matting --decontaminate   finest edges, no halo (slower; [matting] extra)
   bgremove photos/ -o cutouts/ --backend onnx     ONNX Runtime ([onnx] extra)
   bgremove photo.jpg --model org/name --revision main --device cuda
+  bgremove serve --port 8000 --workers 2          the HTTP API ([server] extra; bgremove serve --help)
 """
 
 
@@ -198,8 +199,14 @@ def _process(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 all done, 1 some images failed, 2 bad usage)."""
-    args = _parser().parse_args(argv)
+    """Run the CLI; returns the exit status (0 all done, 1 some images failed, 2 bad usage).
+    ``bgremove serve ...`` starts the HTTP API instead (:mod:`bgremove_plugin.server`)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["serve"]:
+        from .server import serve_main
+
+        return serve_main(arguments[1:])
+    args = _parser().parse_args(arguments)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     err = sys.stderr
 

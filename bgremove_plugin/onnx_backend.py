@@ -16,12 +16,12 @@ import threading
 import warnings
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, DeviceUnavailableError
 from .transforms import person_probability
 
 if TYPE_CHECKING:
@@ -46,8 +46,8 @@ ONNX_NAME = "model.onnx"
 FINGERPRINT_KEY = "bgremove_weights_sha256"
 _INSTALL_HINT = "install the extra: pip install 'bgremove_plugin[onnx]' (onnxruntime, onnx, onnxscript)"
 
-_sessions: dict[tuple[str, int], OnnxNet] = {}
-_sessions_by_net: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, OnnxNet]] = weakref.WeakKeyDictionary()
+_sessions: dict[tuple[str, int, Provider], OnnxNet] = {}
+_sessions_by_net: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[int, Provider], OnnxNet]] = weakref.WeakKeyDictionary()
 """The same sessions by network object, so a network seen before is not hashed again; the package never
 changes a loaded network's weights."""
 _sessions_lock = threading.Lock()
@@ -151,10 +151,44 @@ def _store_float16_where_exact(model: onnx.ModelProto) -> int:
     return len(casts)
 
 
+Provider = tuple[str, int]
+"""An ONNX Runtime execution provider and its device index: ("CPUExecutionProvider", 0), ("CUDAExecutionProvider", 1)."""
+CPU_PROVIDER: Provider = ("CPUExecutionProvider", 0)
+_GPU_HINT = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
+
+
+def onnx_provider(device: torch.device, *, fall_back: bool = False) -> Provider:
+    """The execution provider for ``device``: CPU, or CUDA where onnxruntime-gpu provides it.
+
+    Raises:
+        DeviceUnavailableError: CUDA was asked for and this onnxruntime has no CUDA provider, unless
+            ``fall_back`` (the device was chosen automatically), which gives the CPU provider.
+        BackendUnavailableError: a device ONNX Runtime is not used on here (``mps``).
+    """
+    if device.type == "cpu":
+        return CPU_PROVIDER
+    if device.type != "cuda":
+        raise BackendUnavailableError(f"backend='onnx' runs on the CPU or CUDA, not {device}; use backend='torch'")
+    try:
+        import onnxruntime as ort  # type: ignore[import-untyped,unused-ignore]
+    except ImportError as exc:
+        raise BackendUnavailableError(f"backend='onnx' needs onnxruntime; {_INSTALL_HINT}") from exc
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ("CUDAExecutionProvider", device.index or 0)
+    if fall_back:
+        log.info("onnxruntime has no CUDA provider (%s): ONNX runs on the CPU", ", ".join(available))
+        return CPU_PROVIDER
+    raise DeviceUnavailableError(
+        f"backend='onnx' on {device} needs ONNX Runtime's CUDA provider, and this onnxruntime has only "
+        f"{', '.join(available)}; install the GPU build: {_GPU_HINT}"
+    )
+
+
 class OnnxNet:
     """An ONNX Runtime session that maps a normalised (N, 3, H, W) batch to person probabilities (N, H, W)."""
 
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, threads: int | None = None, provider: Provider = CPU_PROVIDER) -> None:
         try:
             import onnxruntime as ort  # type: ignore[import-untyped,unused-ignore]
         except ImportError as exc:
@@ -164,7 +198,13 @@ class OnnxNet:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         self.path = path
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name, index = provider
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if name != "CPUExecutionProvider":
+            providers.insert(0, (name, {"device_id": index}))
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.provider: str = self.session.get_providers()[0]
+        """The provider that runs the graph (ONNX Runtime falls back to the CPU if it cannot start CUDA)."""
         self.fingerprint: str | None = self.session.get_modelmeta().custom_metadata_map.get(FINGERPRINT_KEY)
         self._lock = threading.Lock()
 
@@ -174,11 +214,11 @@ class OnnxNet:
         return np.asarray(probabilities)[:, 0]
 
 
-def _matching(path: Path, fingerprint: str, threads: int) -> OnnxNet | None:
+def _matching(path: Path, fingerprint: str, threads: int, provider: Provider) -> OnnxNet | None:
     if not path.is_file():
         return None
     try:
-        candidate = OnnxNet(path, threads=threads)
+        candidate = OnnxNet(path, threads=threads, provider=provider)
     except BackendUnavailableError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; a bad file is re-exported
@@ -190,9 +230,12 @@ def _matching(path: Path, fingerprint: str, threads: int) -> OnnxNet | None:
     return candidate
 
 
-def onnx_for(net: TiramisuNet, *, weights_dir: Path | None = None, threads: int | None = None) -> OnnxNet:
-    """The ONNX Runtime twin of ``net``: a matching ``model.onnx`` next to the weights, else the cached
-    export, else a fresh export into the cache. Sessions are shared within the process.
+def onnx_for(
+    net: TiramisuNet, *, weights_dir: Path | None = None, threads: int | None = None, provider: Provider = CPU_PROVIDER
+) -> OnnxNet:
+    """The ONNX Runtime twin of ``net`` on ``provider`` (:func:`onnx_provider`): a matching ``model.onnx``
+    next to the weights, else the cached export, else a fresh export into the cache. Sessions are shared
+    within the process.
 
     Raises:
         BackendUnavailableError: onnxruntime (or, when an export is needed, onnx/onnxscript) is missing.
@@ -202,30 +245,31 @@ def onnx_for(net: TiramisuNet, *, weights_dir: Path | None = None, threads: int 
     except ImportError as exc:
         raise BackendUnavailableError(f"backend='onnx' needs onnxruntime; {_INSTALL_HINT}") from exc
     n_threads = threads or torch.get_num_threads()
+    setting = (n_threads, provider)
     with _sessions_lock:
         # The network load_model caches comes back on every remove_background(backend="onnx") call: its
         # session is found without hashing every weight again.
-        known = _sessions_by_net.get(net, {}).get(n_threads)
+        known = _sessions_by_net.get(net, {}).get(setting)
         if known is not None:
             return known
     fingerprint = weights_fingerprint(net)
-    key = (fingerprint, n_threads)
+    key = (fingerprint, *setting)
     with _sessions_lock:
         cached = _sessions.get(key)
         if cached is not None:
-            _sessions_by_net.setdefault(net, {})[n_threads] = cached
+            _sessions_by_net.setdefault(net, {})[setting] = cached
             return cached
         candidates = [weights_dir / ONNX_NAME] if weights_dir is not None else []
         cache_path = onnx_cache_dir() / f"tiramisu-{fingerprint[:20]}.onnx"
         found = None
         for path in [*candidates, cache_path]:
-            found = _matching(path, fingerprint, n_threads)
+            found = _matching(path, fingerprint, n_threads, provider)
             if found is not None:
                 break
         if found is None:
             export_onnx(net, cache_path)
-            found = OnnxNet(cache_path, threads=n_threads)
+            found = OnnxNet(cache_path, threads=n_threads, provider=provider)
         _sessions[key] = found
-        _sessions_by_net.setdefault(net, {})[n_threads] = found
+        _sessions_by_net.setdefault(net, {})[setting] = found
         return found
 

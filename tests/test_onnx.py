@@ -11,7 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from bgremove_plugin import BackendUnavailableError, BackgroundRemover, InvalidArgumentError, load_model, onnx_backend
+from bgremove_plugin import (
+    BackendUnavailableError,
+    BackgroundRemover,
+    DeviceUnavailableError,
+    InvalidArgumentError,
+    load_model,
+    onnx_backend,
+)
 from bgremove_plugin.hub import DEFAULT_WEIGHTS_DIR
 from bgremove_plugin.transforms import prepare_batch
 
@@ -173,3 +180,26 @@ def test_without_the_extra_onnx_fails_clearly_and_auto_still_works(
 def test_an_unknown_backend_is_refused(tiny_weights: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="backend must be"):
         BackgroundRemover(tiny_weights, device="cpu", backend="tensorrt")  # type: ignore[arg-type]
+
+
+def test_onnx_on_cuda_needs_the_gpu_build_and_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(DeviceUnavailableError, match="pip install onnxruntime-gpu") as raised:
+        onnx_backend.onnx_provider(torch.device("cuda"))
+    assert "CPUExecutionProvider" in str(raised.value)
+    # Chosen automatically, the device falls back to the CPU provider instead of failing.
+    assert onnx_backend.onnx_provider(torch.device("cuda"), fall_back=True) == ("CPUExecutionProvider", 0)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert onnx_backend.onnx_provider(torch.device("cuda:1")) == ("CUDAExecutionProvider", 1)
+    assert onnx_backend.onnx_provider(torch.device("cpu")) == ("CPUExecutionProvider", 0)
+    with pytest.raises(BackendUnavailableError, match="not mps"):
+        onnx_backend.onnx_provider(torch.device("mps"))
+
+
+def test_the_provider_running_the_graph_is_visible(tiny_weights: Path) -> None:
+    remover = BackgroundRemover(tiny_weights, device="cpu", backend="onnx")
+    assert remover.provider == "CPUExecutionProvider" and "onnx on CPUExecutionProvider" in repr(remover)
+    plain = BackgroundRemover(tiny_weights, device="cpu")
+    assert plain.provider is None and "backend=torch" in repr(plain)
