@@ -1,10 +1,10 @@
 """Where a training epoch's time goes: the data loaders alone, the optimiser steps alone, and validation.
 
-Run: PYTHONPATH=. python benchmarks/train_throughput.py --run-dir train/runs/fcdn103 [--device cuda]
+Run: PYTHONPATH=. python benchmarks/train_throughput.py --run-dir train/runs/coco-fcdn56 [--device cuda]
      [--data-root data_cache] [--set num_workers=14 --set batch_size=32 ...]
 It builds the run's trainer from its config.json (random weights: the timings do not depend on them),
-then prints samples per second for each part. An epoch cannot run faster than its slowest part; on the
-lent GPU (2026-11-26) the whole epoch ran at about 310 samples/s, which this splits up.
+then prints samples per second for each part. An epoch cannot run faster than its slowest part; on an
+H200 (2026-11-26) the whole epoch ran at about 310 samples/s, which this splits up.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from bgremove_plugin.hub import resolve_device
+from train.config import apply_overrides, config_from_dict
 from train.sources import data_root
-from train.train import Trainer, apply_overrides, config_from_dict
+from train.trainer import Trainer
 
 
 def _synchronize(device: torch.device) -> None:
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--kernels", type=int, default=0, metavar="N",
                         help="then profile a few steps and list the N operators that take the most device time")
     parser.add_argument("--no-validation", action="store_true",
-                        help="skip timing validation (it does not depend on --set compile; about 16 s on a lent H200)")
+                        help="skip timing validation (it does not depend on --set compile; about 16 s on an H200)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

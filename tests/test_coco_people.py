@@ -93,7 +93,8 @@ def test_committed_group_labels_match_their_photos(data_root: Path) -> None:
 
 
 def test_the_multi_person_photos_all_train_and_the_single_person_split_is_cocos(data_root: Path) -> None:
-    from train.train import NAMED_CONFIGS, source_splits
+    from train.config import NAMED_CONFIGS
+    from train.datasets import source_splits
 
     cfg = NAMED_CONFIGS["coco-fcdn56"]
     humans, groups = [s for s in cfg.sources if s.path == "coco_people"]
@@ -122,7 +123,8 @@ def test_the_original_filter_leaves_34_test_photos_listed_in_the_split_folder(da
 def test_a_new_run_starts_from_exported_weights(tmp_path: Path) -> None:
     from bgremove_plugin.hub import build_from_folder
     from bgremove_plugin.model import TiramisuNet
-    from train.train import TrainConfig, Trainer
+    from train.config import TrainConfig
+    from train.trainer import Trainer
 
     torch.manual_seed(5)
     weights = tmp_path / "weights"

@@ -13,9 +13,13 @@ from importlib.metadata import requires
 from pathlib import Path
 from typing import Any
 
+import gradio
+import gradio_client
+import huggingface_hub
 import numpy as np
 import pytest
 from PIL import Image
+from playwright import sync_api
 
 from bgremove_plugin.hub import OFFICIAL_REPO_ID
 
@@ -32,8 +36,6 @@ def _requirement_name(line: str) -> str:
 
 
 def test_space_card_front_matter_is_valid() -> None:
-    huggingface_hub = pytest.importorskip("huggingface_hub")
-    gradio = pytest.importorskip("gradio", reason="the demo extra (gradio) is part of the test extra")
     card = huggingface_hub.SpaceCard.load(REPO / "README.md")
     data = card.data
     assert data.sdk == "gradio"
@@ -77,7 +79,6 @@ def test_space_requirements_cover_the_package_dependencies() -> None:
 
 @pytest.fixture(scope="module")
 def demo_url() -> Iterator[str]:
-    pytest.importorskip("gradio", reason="the demo extra (gradio) is part of the test extra")
     port = free_port()
     env = {**os.environ, "BGREMOVE_MAX_PIXELS": str(DEMO_MAX_PIXELS), "BGREMOVE_DEVICE": "cpu"}
     env.pop("GRADIO_ANALYTICS_ENABLED", None)  # app.py must switch analytics off by itself
@@ -117,7 +118,6 @@ def demo_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def client(demo_url: str) -> Any:
-    gradio_client = pytest.importorskip("gradio_client")
     return gradio_client.Client(demo_url, verbose=False)
 
 
@@ -235,7 +235,6 @@ def test_client_is_told_when_a_photo_is_too_large(client: Any, tmp_path: Path) -
 
 
 def test_browser_upload_submit_and_download(demo_url: str, tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (test extra)")
     if not CHROMIUM.exists():
         pytest.skip(f"the browser test needs Debian's Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)")
     args = [

@@ -34,7 +34,6 @@ def _blurry_network_view(alpha: np.ndarray, long_side: int = 48) -> np.ndarray:
 
 
 def test_matting_recovers_a_soft_edge_better_than_bilinear_upsampling() -> None:
-    pytest.importorskip("pymatting", reason="the [matting] extra is not installed")
     from bgremove_plugin.matting import matte
 
     photo, truth = _soft_edge_photo()
@@ -52,7 +51,6 @@ def test_matting_recovers_a_soft_edge_better_than_bilinear_upsampling() -> None:
 
 @pytest.mark.parametrize("value", [0.0, 1.0])
 def test_matting_leaves_an_all_background_or_all_person_map_alone(value: float) -> None:
-    pytest.importorskip("pymatting", reason="the [matting] extra is not installed")
     from bgremove_plugin.matting import matte
 
     photo, _ = _soft_edge_photo(300, 200)  # the photo has an edge; the map has none and must not gain one
@@ -72,7 +70,6 @@ def test_the_unknown_band_grows_with_the_persons_size() -> None:
 
 
 def test_matting_through_the_api() -> None:
-    pytest.importorskip("pymatting", reason="the [matting] extra is not installed")
     photo = Image.open(PORTRAIT).resize((256, 256))
     remover = BackgroundRemover(device="cpu", refine="matting")
     cutout = remover.remove(photo)
@@ -93,7 +90,6 @@ def test_without_pymatting_matting_fails_clearly(monkeypatch: pytest.MonkeyPatch
 
 
 def test_matting_prints_nothing(tiny_weights: object, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("pymatting", reason="the [matting] extra is not installed")
     # Random tiny weights give a ragged trimap on which pymatting's factorisation retries (and prints).
     remover = BackgroundRemover(tiny_weights, device="cpu", refine="matting")  # type: ignore[arg-type]
     remover.remove(Image.open(PORTRAIT).resize((128, 128)))

@@ -4,16 +4,17 @@ import dataclasses
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from bgremove_plugin import BackgroundRemover, load_model
 from train.bystanders import bystander_region, tile_starts, tiled_probability
+from train.checkpoint import LOCAL_FULL_CHECKPOINT, resume_checkpoint
+from train.config import SourceConfig, TrainConfig
 from train.data import (
     IGNORE_LABEL,
     AugmentConfig,
@@ -24,9 +25,8 @@ from train.data import (
     closeup,
     crowd_scene,
     load_set,
-    object_cutouts,
-    paste_objects,
 )
+from train.datasets import source_splits
 from train.export import export
 from train.metrics import (
     boundary_f_score,
@@ -36,15 +36,8 @@ from train.metrics import (
     person_iou,
 )
 from train.sources import Sample, coco_person_images, export_coco_folder, folder_samples, split_samples
-from train.train import (
-    LOCAL_FULL_CHECKPOINT,
-    SourceConfig,
-    TrainConfig,
-    Trainer,
-    main,
-    resume_checkpoint,
-    source_splits,
-)
+from train.train import main
+from train.trainer import Trainer
 
 COCO_JSON = "coco128/annotations/instances_train2017_coco128.json"
 
@@ -179,14 +172,14 @@ def test_a_measured_report_is_judged_against_another_without_measuring_again(
     from train.candidate import main as candidate
 
     runs = Path(__file__).resolve().parents[1] / "train" / "runs"
-    anneal50 = runs / "ablation-anneal50-fcdn103" / "candidate.json"
-    anneal30 = runs / "ablation-anneal-fcdn103" / "candidate.json"
+    anneal50 = runs / "ablations" / "anneal50-fcdn103" / "candidate.json"
+    anneal30 = runs / "ablations" / "anneal-fcdn103" / "candidate.json"
     candidate(["--report", str(anneal50), "--compare", str(anneal30)])
     out = capsys.readouterr().out
     # docs/experiments.md, "Annealing again from epoch 50": the per-photo coco128 line it quotes.
     assert "per photo -0.0349, 95% interval -0.0729 to -0.0016" in out
     assert "| coco128_people | 61 | 0.2834 |" in out and out.rstrip().endswith("verdict: does not ship")
-    assert "coco128_people IoU 0.2834 > ablation-anneal-fcdn103 0.3182" in out  # names the report it is judged against
+    assert "coco128_people IoU 0.2834 > anneal-fcdn103 0.3182" in out  # names the report it is judged against
     without_people = json.loads(anneal50.read_text())
     for name in ("ccp_test", "coco128_people", "portraits_vs_teacher"):
         del without_people[name]
@@ -253,7 +246,7 @@ def test_split_is_70_20_10_disjoint_and_seeded() -> None:
 
 
 def test_a_grown_source_keeps_its_split_and_splits_only_the_newcomers(tmp_path: Path) -> None:
-    from train.train import dataset_splits
+    from train.datasets import dataset_splits
 
     folder = make_folder_source(tmp_path, count=10)
     first = {k: [s.stem for s in v] for k, v in dataset_splits(folder, "grow", 0, tmp_path / "splits").items()}
@@ -269,7 +262,7 @@ def test_a_grown_source_keeps_its_split_and_splits_only_the_newcomers(tmp_path: 
 
 
 def test_committed_ccp_split_lists_cover_the_data(data_root: Path) -> None:
-    from train.train import SPLIT_DIR
+    from train.sources import SPLIT_DIR
 
     lists = {k: (SPLIT_DIR / f"ccp_{k}.txt").read_text().split() for k in ("train", "val", "test")}
     assert [len(v) for v in lists.values()] == [702, 201, 100]
@@ -728,7 +721,7 @@ def test_a_slim_run_resumes_exactly_where_its_full_state_was_written_and_slim_fr
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[key]), key
 
-    # As when last.pt comes back from a lent GPU: the full state left here is an older epoch's, so it is not used.
+    # As when last.pt was trained further on another machine: the full state left here is an older epoch's, so it is not used.
     (run_dir / LOCAL_FULL_CHECKPOINT).write_bytes(epoch_one_full_state)
     checkpoint = resume_checkpoint(run_dir)
     assert checkpoint["optimizer"] is None and checkpoint["epoch"] == 2
@@ -736,18 +729,11 @@ def test_a_slim_run_resumes_exactly_where_its_full_state_was_written_and_slim_fr
     assert resume_checkpoint(run_dir)["optimizer"] is None
 
 
-def test_a_slim_checkpoint_refuses_an_ema_it_would_not_keep(tmp_path: Path) -> None:
-    make_folder_source(tmp_path)
-    cfg = tiny_config(sources=[SourceConfig("synthetic")], slim_checkpoint=True, ema_decay=0.99)
-    with pytest.raises(ValueError, match="ema_decay=0"):
-        Trainer(cfg, tmp_path / "run", torch.device("cpu"), tmp_path, split_dir=tmp_path / "splits")
-
-
 def test_the_fcdn103_recipe_is_gpu_fcdn56s_on_the_larger_network() -> None:
     # So that the two runs compare on capacity: the data, its weights and the augmentation are the same.
-    from train.train import NAMED_CONFIGS, config_edits, config_from_dict
+    from train.config import NAMED_CONFIGS, config_edits, config_from_dict
 
-    ended = config_from_dict(json.loads((GPU_SCRIPT.parent / "runs" / "gpu-fcdn56" / "config.json").read_text()))
+    ended = config_from_dict(json.loads((Path(__file__).resolve().parents[1] / "train" / "runs" / "gpu-fcdn56" / "config.json").read_text()))
     fcdn103 = NAMED_CONFIGS["fcdn103"]
     # max_empty_alpha chooses among the checkpoints (best.pt); it changes nothing that is learned.
     assert config_edits(fcdn103, ended) == ["batch_size", "lr", "lr_decay", "max_empty_alpha", "name", "preset", "slim_checkpoint"]
@@ -757,7 +743,7 @@ def test_the_fcdn103_recipe_is_gpu_fcdn56s_on_the_larger_network() -> None:
 def test_dropout_switched_off_at_resume_keeps_the_weights_and_reaches_the_export(tmp_path: Path) -> None:
     from torch import nn
 
-    from train.train import NAMED_CONFIGS, config_from_dict, model_kwargs
+    from train.config import NAMED_CONFIGS, config_from_dict, model_kwargs
 
     # Unset, the preset's dropout stays the model's default and config.json does not name it, as before the field.
     assert "dropout" not in model_kwargs(NAMED_CONFIGS["fcdn103"])
@@ -790,55 +776,6 @@ def test_dropout_switched_off_at_resume_keeps_the_weights_and_reaches_the_export
     assert load_model(tmp_path / "exported").input_size == 64
 
 
-def test_a_lovasz_term_joins_the_cross_entropy_which_stays_recorded_beside_the_loss(tmp_path: Path) -> None:
-    plain = _trainer(tmp_path, "plain", epochs=1)
-    with_lovasz = _trainer(tmp_path, "lovasz", epochs=1)
-    with_lovasz.cfg.lovasz_weight = 0.5
-    images, masks = next(iter(plain.epoch_loader(0)))
-    torch.manual_seed(0)  # the same dropout masks for both
-    plain_loss, plain_cross_entropy = plain.train_step(images, masks).tolist()
-    torch.manual_seed(0)
-    loss, cross_entropy = with_lovasz.train_step(images, masks).tolist()
-    assert plain_loss == plain_cross_entropy
-    assert cross_entropy == pytest.approx(plain_cross_entropy, rel=1e-5)  # same initial weights, same batch
-    assert loss > cross_entropy + 0.05  # half a Lovász term of an untrained network
-    # The step followed the combined loss, so the two networks now differ.
-    assert any(not torch.equal(a, b) for a, b in zip(plain.model.parameters(), with_lovasz.model.parameters()))
-
-    plain.run(max_minutes=60)
-    with_lovasz.run(max_minutes=60)
-    plain_row = json.loads((tmp_path / "plain" / "metrics.jsonl").read_text())
-    row = json.loads((tmp_path / "lovasz" / "metrics.jsonl").read_text())
-    assert "train_cross_entropy" not in plain_row
-    assert 0 < row["train_cross_entropy"] < row["train_loss"] and math.isfinite(row["val_iou"])
-
-
-def test_an_ema_switched_on_at_resume_starts_from_the_resumed_weights(tmp_path: Path) -> None:
-    first = _trainer(tmp_path, "run", epochs=1)
-    first.run(max_minutes=60)
-    state = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
-    assert state["ema"] is None
-    cfg = dataclasses.replace(first.cfg, epochs=2, ema_decay=0.9)
-    resumed = Trainer(cfg, tmp_path / "run", torch.device("cpu"), tmp_path, split_dir=tmp_path / "splits")
-    resumed.load(state)
-    images, masks = next(iter(resumed.epoch_loader(resumed.epoch)))
-    resumed.train_step(images, masks)
-    assert resumed.ema is not None
-    averaged = dict(resumed.ema.module.named_parameters())
-    # The first update copies the model: an EMA that kept its fresh initialisation would average noise in.
-    assert all(torch.equal(averaged[name], p) for name, p in resumed.model.named_parameters())
-    resumed.train_step(images, masks)
-    trained = dict(resumed.model.named_parameters())
-    name = next(n for n, p in resumed.model.named_parameters() if p.requires_grad and p.ndim == 4)
-    assert not torch.equal(averaged[name], trained[name])
-    resumed.run(max_minutes=60)
-    saved = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
-    assert saved["ema"] is not None and saved["epoch"] == 2
-    info = export(tmp_path / "run", tmp_path / "out", checkpoint="last.pt", weights="auto", data_root=tmp_path,
-                  split_dir=tmp_path / "splits")
-    assert info["checkpoint"] == "last.pt (ema)"
-
-
 def test_a_run_with_object_closeups_reads_its_sources_boxes(tmp_path: Path) -> None:
     source = make_folder_source(tmp_path)
     splits = split_samples(folder_samples(source), seed=0)
@@ -858,7 +795,7 @@ def test_a_run_with_object_closeups_reads_its_sources_boxes(tmp_path: Path) -> N
 
 
 def test_config_overrides_apply_in_order_and_refuse_unknown_fields() -> None:
-    from train.train import apply_overrides
+    from train.config import apply_overrides
 
     base = TrainConfig()
     cfg = apply_overrides(base, ["batch_size=32", "augment.scale_jitter=[0.5, 2]", "batch_size=16"])
@@ -875,7 +812,7 @@ def test_cpu_autocast_is_used_only_when_the_run_asks_for_it(tmp_path: Path) -> N
         seen: set[torch.dtype] = set()
         first_conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
         first_conv.register_forward_hook(lambda _m, _i, out, seen=seen: seen.add(out.dtype))
-        loss, _, _ = trainer.train_epoch()
+        loss, _ = trainer.train_epoch()
         assert math.isfinite(loss)
         assert seen == ({torch.bfloat16} if amp_cpu else {torch.float32})
         assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay float32
@@ -932,7 +869,7 @@ def test_best_pt_goes_to_the_best_validation_among_epochs_that_leave_photos_with
 def test_validation_runs_without_cudnns_per_shape_search_and_gives_it_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import train.train as training
+    import train.trainer as training
 
     trainer = _trainer(tmp_path, "search", epochs=1)
     seen: list[bool] = []
@@ -974,7 +911,6 @@ def test_pseudo_labelled_source_trains_but_stays_out_of_validation(tmp_path: Pat
 
 
 def test_negative_sources_keep_only_scenes_without_people(tmp_path: Path) -> None:
-    from train.train import source_splits
 
     folder = make_folder_source(tmp_path, count=10)
     for mask in sorted((folder / "masks").glob("*.png"))[:6]:
@@ -1215,7 +1151,8 @@ def test_full_size_masks_fit_a_downscaled_copy_of_their_photos(tmp_path: Path) -
 
 @pytest.mark.parametrize("name", ["interfaces_cc0", "congress_pd"])
 def test_committed_pseudo_labels_match_their_photos(data_root: Path, name: str) -> None:
-    from train.train import PSEUDO_LABELLED_PEOPLE, REPO
+    from train.config import PSEUDO_LABELLED_PEOPLE
+    from train.datasets import REPO
 
     source = next(s for s in PSEUDO_LABELLED_PEOPLE if s.path.endswith(name))
     label_set = REPO / str(source.masks)
@@ -1282,336 +1219,5 @@ def test_the_gpu_data_copy_refuses_a_mask_filter_it_cannot_apply(
     assert not (tmp_path / "out").exists()  # nothing copied before the refusal
 
 
-GPU_SCRIPT = Path(__file__).resolve().parents[1] / "train" / "gpu_run.sh"
 
 
-def test_the_gpu_session_script_never_restarts_a_run_that_did_not_travel(tmp_path: Path) -> None:
-    # On the lent machine an untracked run folder is wiped between calls; resuming an older run instead
-    # would silently throw away the GPU's work, so the script must stop unless told where to start.
-    import subprocess
-
-    (tmp_path / "train" / "runs").mkdir(parents=True)
-    out = tmp_path / "out"
-    out.mkdir()
-    env = {"PATH": "/usr/bin:/bin", "OUT": str(out)}
-    done = subprocess.run(["bash", str(GPU_SCRIPT), "1"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 2
-    assert "last.pt is missing" in (out / "train.log").read_text()
-    assert not any(out.glob("fcdn103.tar.part-*"))
-
-
-def _gpu_script_sandbox(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A folder holding a run to resume, and an environment whose python3 stands in for the real one: the
-    script's arithmetic (-c) runs for real; other calls are recorded in $OUT/argv, and train.train rewrites
-    the run's config.json as the real one does with its --set options."""
-    run = tmp_path / "train" / "runs" / "fcdn103"
-    run.mkdir(parents=True)
-    (run / "last.pt").write_bytes(b"checkpoint")
-    (run / "last.full.pt").write_bytes(b"full state written by an earlier call")
-    (run / "config.json").write_text('{"num_workers": 0}')
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    (fake_bin / "python3").write_text(
-        f'#!/bin/bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\nprintf "%s\\n" "$@" >> "$OUT/argv"\n'
-        'if [ "$2" = train.train ]; then echo \'{"num_workers": 14}\' > "$4/config.json"; fi\n'
-    )
-    (fake_bin / "python3").chmod(0o755)
-    out = tmp_path / "out"
-    out.mkdir()
-    return out, {"PATH": f"{fake_bin}:/usr/bin:/bin", "OUT": str(out)}
-
-
-def _run_gpu_script(tmp_path: Path, env: dict[str, str], *args: str) -> list[str]:
-    """Runs the script in the sandbox; returns the recorded python3 calls' arguments, one per line."""
-    import subprocess
-
-    argv_file = Path(env["OUT"]) / "argv"
-    argv_file.unlink(missing_ok=True)
-    done = subprocess.run(["bash", str(GPU_SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-    return argv_file.read_text().split("\n")
-
-
-def test_the_gpu_session_script_resumes_with_its_gpu_settings_and_lets_the_caller_override_them(tmp_path: Path) -> None:
-    out, env = _gpu_script_sandbox(tmp_path)
-    argv = _run_gpu_script(tmp_path, env, "1", "--set", "batch_size=16")
-    assert argv[:4] == ["-m", "train.train", "--run-dir", "train/runs/fcdn103"] and "--resume" in argv
-    settings = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-    assert settings[:4] == ["batch_size=32", "num_workers=14", "samples_per_epoch=10000", "lr_decay=0.93"]
-    assert settings[-1] == "batch_size=16"  # train.train applies --set in order: the caller's comes last and wins
-    packed = b"".join(part.read_bytes() for part in sorted(out.glob("fcdn103.tar.part-*")))
-    assert b"checkpoint" in packed
-    assert b"full state" not in packed  # 112 MB for FC-DenseNet103, and of no use on another machine
-
-    # RUN names another run folder; the script trains and packs that one.
-    older = tmp_path / "train" / "runs" / "gpu-fcdn56"
-    older.mkdir()
-    (older / "last.pt").write_bytes(b"older checkpoint")
-    argv = _run_gpu_script(tmp_path, {**env, "RUN": "gpu-fcdn56"}, "1")
-    assert argv[:4] == ["-m", "train.train", "--run-dir", "train/runs/gpu-fcdn56"]
-    assert b"older checkpoint" in b"".join(part.read_bytes() for part in sorted(out.glob("gpu-fcdn56.tar.part-*")))
-
-    # PROFILE=1: the throughput benchmark runs first, with the same GPU settings, then the training.
-    calls = "\n".join(_run_gpu_script(tmp_path, {**env, "PROFILE": "1"}, "1"))
-    assert calls.index("benchmarks/train_throughput.py") < calls.index("train.train")
-    assert calls.count("batch_size=32") == 2
-
-    # The steps are compiled unless COMPILE is set empty; the profile times what the training will run.
-    for compile_env, expect_compiled in ((None, True), ("", False)):
-        run_env = {**env, "PROFILE": "1"} if compile_env is None else {**env, "PROFILE": "1", "COMPILE": compile_env}
-        profile, training = "\n".join(_run_gpu_script(tmp_path, run_env, "1")).split("-m\ntrain.train\n")
-        assert ('compile="inductor"' in training.split("\n")) == expect_compiled
-        assert ('compile="inductor"' in profile.split("\n")) == expect_compiled
-
-
-def test_the_gpu_session_script_hands_the_run_back_with_its_cpu_config(tmp_path: Path) -> None:
-    # The next CPU session resumes from config.json: with the GPU's 14 workers and compiled steps it would
-    # crawl on 2 cores. The GPU settings stay recorded in sessions.jsonl (train.train writes them there).
-    import tarfile
-
-    out, env = _gpu_script_sandbox(tmp_path)
-    _run_gpu_script(tmp_path, env, "1")
-    run = tmp_path / "train" / "runs" / "fcdn103"
-    assert (run / "config.json").read_text() == '{"num_workers": 0}'
-    packed = out / "packed.tar"
-    packed.write_bytes(b"".join(part.read_bytes() for part in sorted(out.glob("fcdn103.tar.part-*"))))
-    with tarfile.open(packed) as archive:
-        config = archive.extractfile("fcdn103/config.json")
-        assert config is not None and config.read() == b'{"num_workers": 0}'
-
-    # A run started on the GPU from another run's checkpoint goes back with that run's CPU config too.
-    _run_gpu_script(tmp_path, {**env, "RUN": "fcdn103-warm", "START_FROM": "fcdn103"}, "1")
-    assert (tmp_path / "train" / "runs" / "fcdn103-warm" / "config.json").read_text() == '{"num_workers": 0}'
-
-
-# data_cache.tgz as train/README.md builds it (long side 320, JPEG 75; 2026-11-27), and fcdn103's slim
-# last.pt (FC-DenseNet103: 9.3 M weights in float16 and float32 BatchNorm statistics; epoch 2, 2026-11-27).
-GPU_DATA_COPY_BYTES = 23_279_926
-FCDN103_SLIM_CHECKPOINT_BYTES = 19_244_418
-
-
-def test_what_travels_to_a_lent_gpu_leaves_room_for_the_data_copy_and_the_run() -> None:
-    # The device tool refuses a call whose tree and carried files pass 64 MiB; a large file committed
-    # anywhere would silently end GPU training, so the budget is checked on every commit.
-    import subprocess
-
-    repo = GPU_SCRIPT.parents[1]
-    if not (repo / ".git").exists():
-        pytest.skip("not a git checkout: the tracked files cannot be listed")
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
-    tracked = [repo / name for name in listed.decode().split("\0") if name]
-    tree_bytes = sum(path.stat().st_size for path in tracked if path.is_file())
-    run_checkpoint = repo / "train" / "runs" / "fcdn103" / "last.pt"
-    if run_checkpoint not in tracked:
-        tree_bytes += FCDN103_SLIM_CHECKPOINT_BYTES  # the run's first commit will add it
-    assert tree_bytes + GPU_DATA_COPY_BYTES < 64 * 2**20, f"tree {tree_bytes / 1e6:.1f} MB + data copy"
-
-
-def test_the_gpu_session_script_fits_the_training_into_the_call(tmp_path: Path) -> None:
-    # The device tool kills a call at 10 minutes and then nothing comes back: what the profile and the
-    # packing take comes out of the training's minutes, not on top of them.
-    _, env = _gpu_script_sandbox(tmp_path)
-    for call_seconds, asked, granted in (("590", "7.5", 7.5), ("200", "7.5", 1.42)):
-        argv = _run_gpu_script(tmp_path, {**env, "CALL_SECONDS": call_seconds}, asked)
-        assert float(argv[argv.index("--max-minutes") + 1]) == pytest.approx(granted, abs=0.02)
-
-
-def test_averaged_checkpoints_mean_the_weights_and_re_estimate_batchnorm(tmp_path: Path) -> None:
-    import subprocess
-
-    from train.average import average_checkpoints, average_state_dicts, read_checkpoint
-
-    make_folder_source(tmp_path)
-    run_dir = tmp_path / "run"
-    common, overrides = _tiny_cli_arguments(tmp_path, run_dir)
-    main([*common, *overrides, "--epochs", "1"])
-    # Epoch 1's training state, committed: averaging reads old checkpoints back from git history.
-    history = tmp_path / "history"
-    (history / "run").mkdir(parents=True)
-    (history / "run" / "last.pt").write_bytes((run_dir / "last.pt").read_bytes())
-    git = ["git", "-C", str(history), "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "run/last.pt"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "epoch 1"], check=True)
-    main([*common, "--resume", "--epochs", "2"])
-
-    out = tmp_path / "averaged"
-    record = average_checkpoints(
-        ["HEAD:run/last.pt", str(run_dir / "last.pt")], run_dir, out, root=tmp_path,
-        split_dir=tmp_path / "splits", repo=history,
-    )
-    assert [item["epoch"] for item in record["averaged_from"]] == [1, 2]
-    first = torch.load(history / "run" / "last.pt", map_location="cpu", weights_only=False)["model"]
-    second = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
-    averaged = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
-    assert averaged["epoch"] == 2 and averaged["model_kwargs"]["input_size"] == 64
-    weight_key = next(k for k in first if k.endswith(".weight") and first[k].dim() == 4)
-    assert not torch.allclose(first[weight_key], second[weight_key])
-    torch.testing.assert_close(averaged["state_dict"][weight_key], (first[weight_key] + second[weight_key]) / 2)
-    # BatchNorm statistics are measured again on clean photos, not averaged.
-    mean_key = next(k for k in first if k.endswith("running_mean"))
-    assert not torch.allclose(averaged["state_dict"][mean_key], (first[mean_key] + second[mean_key]) / 2)
-    assert json.loads((out / "averaged.json").read_text())["averaged_from"][0]["checkpoint"] == "HEAD:run/last.pt"
-    # The output is a run folder that export (and so train.candidate) reads like any other.
-    assert export(out, tmp_path / "exported")["epoch"] == 2
-    assert load_model(tmp_path / "exported").input_size == 64
-    assert read_checkpoint(str(out / "best.pt"))["epoch"] == 2
-
-    with pytest.raises(FileNotFoundError, match="git show"):
-        read_checkpoint("no-such-rev:run/last.pt", repo=history)
-    with pytest.raises(ValueError, match="different layers"):
-        average_state_dicts([{"a": torch.zeros(1)}, {"b": torch.zeros(1)}])
-    with pytest.raises(ValueError, match="nothing"):
-        average_state_dicts([])
-
-
-def test_weighted_checkpoint_sums_interpolate_and_extrapolate() -> None:
-    from train.average import average_state_dicts
-
-    first = {"conv.weight": torch.tensor([1.0, 2.0]), "bn.num_batches_tracked": torch.tensor(7)}
-    second = {"conv.weight": torch.tensor([3.0, 6.0]), "bn.num_batches_tracked": torch.tensor(9)}
-    torch.testing.assert_close(average_state_dicts([first, second])["conv.weight"], torch.tensor([2.0, 4.0]))
-    # 1.5 x second - 0.5 x first goes on past the second checkpoint, along the way the first came.
-    onward = average_state_dicts([second, first], [1.5, -0.5])
-    torch.testing.assert_close(onward["conv.weight"], torch.tensor([4.0, 8.0]))
-    assert onward["bn.num_batches_tracked"].item() == 9
-    with pytest.raises(ValueError, match="sum to 1"):
-        average_state_dicts([first, second], [0.5, 0.6])
-    with pytest.raises(ValueError, match="one each"):
-        average_state_dicts([first, second], [1.0])
-
-
-def test_object_outlines_are_fractions_of_the_photo_and_leave_out_people(tmp_path: Path) -> None:
-    from train.sources import object_outlines
-
-    _write_coco_boxes(tmp_path, {"a": (200, 100)}, [("a", "cat", [20, 10, 100, 50], 0), ("a", "person", [0, 0, 200, 100], 0)])
-    annotations_file = tmp_path / "annotations" / "instances.json"
-    data = json.loads(annotations_file.read_text())
-    data["annotations"][0]["segmentation"] = [[20, 10, 120, 10, 120, 60]]
-    data["annotations"][1]["segmentation"] = [[0, 0, 200, 0, 200, 100]]
-    annotations_file.write_text(json.dumps(data))
-    assert object_outlines(tmp_path) == {"a": [[[0.1, 0.1, 0.6, 0.1, 0.6, 0.6]]]}
-
-
-def _green_square_object(side: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    image = np.zeros((side, side, 3), dtype=np.uint8)
-    image[...] = (0, 255, 0)
-    return image, np.full((side, side), 255, dtype=np.uint8)
-
-
-@pytest.mark.parametrize("seed", range(8))
-def test_pasted_objects_are_background_and_hide_the_person_under_them(seed: int) -> None:
-    image, mask = _red_person(160, 90)
-    pasted, label = paste_objects(image, mask, [_green_square_object()] * 3, np.random.default_rng(seed))
-    assert pasted.shape == image.shape and label.shape == mask.shape and label.dtype == np.uint8
-    green = pasted[..., 1].astype(int) > 127
-    assert green.any()
-    assert not (label[green] > 127).any()  # an object is never person, even over one
-    untouched = pasted[..., 1] == 0
-    assert np.array_equal(label[untouched], mask[untouched])  # the label changes only under an object
-    assert (label <= mask).all()
-
-
-def test_object_cutouts_come_only_from_photos_without_people() -> None:
-    photo = np.zeros((100, 200, 3), dtype=np.uint8)
-    photo[10:61, 20:121] = (0, 255, 0)  # PIL fills a polygon with its edge pixels
-    square = [[[0.1, 0.1, 0.6, 0.1, 0.6, 0.6, 0.1, 0.6]]]
-    person = np.zeros((100, 200), dtype=np.uint8)
-    person[70:90, 150:160] = 255
-    loaded = LoadedSet(["empty", "people"], [photo, photo], [np.zeros((100, 200), np.uint8), person])
-    loaded.object_outlines = [square, square]
-    cutouts = object_cutouts(loaded)
-    assert len(cutouts) == 1
-    cut_image, cut_mask = cutouts[0]
-    assert cut_mask.shape == (51, 101) and (cut_mask > 127).mean() > 0.95
-    assert (cut_image[cut_mask > 127][:, 1] == 255).all()
-
-
-def test_object_pastes_are_never_person_and_leave_older_streams_unchanged() -> None:
-    image, mask = _red_person(160, 90)
-    people = LoadedSet(["p"], [image], [mask], name="people")
-    scene = np.zeros_like(image)
-    scene[20:80, 20:80] = (0, 255, 0)
-    empty = LoadedSet(["e"], [scene], [np.zeros_like(mask)], name="empty")
-    empty.object_outlines = [[[[20 / 90, 20 / 160, 80 / 90, 20 / 160, 80 / 90, 80 / 160, 20 / 90, 80 / 160]]]]
-    # No colour changes, so that green marks the pasted object in every crop.
-    cfg = AugmentConfig(patch_size=64, input_size=96, portrait_prob=0.0, composite_prob=0.0, color_jitter=0.0,
-                        grayscale_prob=0.0, noise_prob=0.0, blur_prob=0.0)
-    before = TrainingStream(EpochSampler([people, empty], seed=0), 0, 30, cfg)
-    pasting = TrainingStream(EpochSampler([people, empty], seed=0), 0, 30, dataclasses.replace(cfg, object_paste_prob=1.0))
-    assert len(pasting.objects) == 1 and before.objects == []
-    green_over_person_photos = 0
-    for i, (set_id, _) in enumerate(pasting.draws):
-        crop, label = pasting[i]
-        green = (crop[1] > crop[0] + 1.0) & (crop[1] > crop[2] + 1.0)
-        assert not label[green].any()
-        if set_id == 1:
-            assert not label.any()
-        else:
-            green_over_person_photos += bool(green.any())
-    assert green_over_person_photos > 5
-    off = TrainingStream(EpochSampler([people, empty], seed=0), 0, 30, dataclasses.replace(cfg, object_paste_prob=0.0))
-    off.objects = pasting.objects  # objects at hand but switched off: no extra random draws
-    assert all(torch.equal(off[i][0], before[i][0]) and torch.equal(off[i][1], before[i][1]) for i in range(len(off)))
-
-
-def test_coco128_training_scenes_give_objects_to_paste(data_root: Path) -> None:
-    from train.sources import object_outlines
-
-    source = SourceConfig("coco128", weight=1.0, validate=False, empty_only=True)
-    loaded = load_set(source_splits(source, 0, data_root)["train"], long_side=320, name="coco128")
-    outlines = object_outlines(data_root / "coco128")
-    loaded.object_outlines = [outlines.get(stem, []) for stem in loaded.stems]
-    cutouts = object_cutouts(loaded)
-    # 185 objects of at least 8% of their photo in the 46 training scenes (2026-12-04)
-    assert len(cutouts) > 150
-    assert all(image.shape[:2] == mask.shape and (mask > 127).mean() > 0.1 for image, mask in cutouts)
-
-
-def test_a_pasted_copy_keeps_the_people_and_swaps_the_scene() -> None:
-    from train.pasted import pasted_copy
-
-    image, mask = _red_person(120, 80)
-    image[mask == 0] = (0, 0, 255)
-    scene = np.zeros((50, 100, 3), dtype=np.uint8)
-    scene[...] = (0, 255, 0)
-    moved = pasted_copy(image, mask, scene)
-    assert moved.shape == image.shape
-    inside, outside = mask > 250, mask == 0
-    inner = np.asarray(Image.fromarray(inside).filter(ImageFilter.MinFilter(5)))  # away from the feathered edge
-    assert (moved[inner] == (255, 0, 0)).all()
-    far = np.asarray(Image.fromarray(~outside).filter(ImageFilter.MaxFilter(5))) == 0
-    assert (moved[far] == (0, 255, 0)).all()
-
-
-def test_the_paste_gap_counts_people_found_only_when_pasted() -> None:
-    from train.pasted import summary_line
-
-    rows = [
-        {"stem": "a", "in_place": 0.0, "pasted": 0.9},  # found only pasted
-        {"stem": "b", "in_place": 0.8, "pasted": 0.8},
-        {"stem": "c", "in_place": 0.1, "pasted": 0.3},  # missed both ways: not counted
-    ]
-    line = summary_line("m", rows)
-    assert line.startswith("| m | 0.300 | 0.667 | +0.367 (")
-    assert line.endswith("| 1 of 3 |")
-
-
-def test_the_object_paste_check_scores_every_held_out_object(data_root: Path) -> None:
-    from train.pasted import measure_object_paste, object_line
-
-    shown: list[np.ndarray] = []
-
-    def remember(photo: Path | np.ndarray) -> np.ndarray:
-        assert isinstance(photo, np.ndarray)
-        shown.append(photo)
-        return np.full(photo.shape[:2], 0.5 if len(shown) % 2 else 0.0, dtype=np.float32)
-
-    rows = measure_object_paste(remember, data_root)
-    # 85 objects of at least 8% of the photo in the 21 held-out scenes (2026-12-04), one photo each plus
-    # one per scene that has objects
-    assert len(rows) == 85 and len(shown) > len(rows)
-    assert all(0.0 <= float(r["in_place"]) <= 1.0 and 0.0 <= float(r["pasted"]) <= 1.0 for r in rows)  # type: ignore[arg-type]
-    assert object_line("m", [{"in_place": 0.0, "pasted": 0.5}, {"in_place": 0.1, "pasted": 0.1}]) == (
-        "| m | 2 | 0.050 (0% above 0.25) | 0.300 (50% above 0.25) |"
-    )

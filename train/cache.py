@@ -1,16 +1,16 @@
-"""Write downscaled copies of folder sources (same images/ + masks/ layout) for a GPU machine.
+"""Write downscaled copies of folder sources (same images/ + masks/ layout) for a training machine.
 
-The shared data does not travel to a lent GPU; a long-side-320 copy of CCP and coco128 (about 30 MB)
-does, in the git-ignored ``data_cache/`` named in the device tool's ``carry``.
+A GPU trains faster than it can decode full-size photos; a long-side-320 copy of CCP and coco128 (about
+30 MB, JPEG 75) is all the training reads at a 320-pixel working resolution (``cache_long_side``), and it
+is quick to copy to another machine. The copy is git-ignored (``data_cache/``).
 
 Folders without masks/ (the photos behind the committed pseudo-labels) are copied image by image; their
 masks stay in ``train/pseudo_labels/`` and are resized to the copies when loaded. ``--only-with-masks``
-names such a pseudo-label folder: photos it has no mask for are never read in training, so they stay behind
-(what travels to the GPU machine is capped at 64 MiB, code and checkpoints included).
+names such a pseudo-label folder: photos it has no mask for are never read in training, so they are left out.
 
 Example:
     python -m train.cache --out data_cache --long-side 320 ccp coco128 people/interfaces_cc0 people/congress_pd
-    python -m train.train --run-dir train/runs/fcdn103 --resume --data-root data_cache --device cuda   # or train/gpu_run.sh
+    python -m train.train --run-dir train/runs/coco-fcdn56 --resume --data-root data_cache --device cuda
 """
 
 from __future__ import annotations

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--without-people-only", action="store_true",
                         help="only the photos without people (minutes, not a quarter of an hour, for the slow peers)")
     parser.add_argument("--checkpoint", default="best.pt",
-                        help="best.pt (default) or last.pt (its EMA when the run keeps one, else the raw weights)")
+                        help="best.pt (default) or last.pt")
     parser.add_argument("--out", type=Path, help="where the weights and summary.json go (required unless --report)")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--peers", type=Path, metavar="FOLDER",
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.run_dir is not None:
         weights = exported = args.out / "weights"
         info = export(
-            args.run_dir, exported, checkpoint=args.checkpoint, weights="auto", calibrate_on=root, data_root=root
+            args.run_dir, exported, checkpoint=args.checkpoint, calibrate_on=root, data_root=root
         )
     report = {"checkpoint": info, **measure(weights, root, with_people=not args.without_people_only)}
     (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageFilter
 
 from bgremove_plugin.transforms import normalize, scaled_size
 
-from .sources import Box, Polygon, Sample
+from .sources import Box, Sample
 
 IGNORE_LABEL = 255
 """Target value that cross-entropy skips (``ignore_index``)."""
@@ -56,13 +56,6 @@ class AugmentConfig:
     teddy bear), where it has any, instead of a random window, which mostly misses the objects. Random
     windows fixed the coffee cup but not the close-up cat: it swung between 0.05 and 0.65 of its pixels
     marked person from one checkpoint to the next (epochs 101-111)."""
-    object_paste_prob: float = 0.0
-    """Share of samples with 1-3 objects (never people) cut out of the photos without people along their
-    COCO outlines and pasted on, labelled background (hiding any person under them), feathered as crowd
-    scenes feather their people. Without it every pasted cut-out in training is a person and every untouched
-    scene is background, so the paste's edge itself could tell a network "person". FC-DenseNet103 (epoch 61)
-    missed a man on a park bench in his own photo (IoU 0.00) and found him pasted onto another scene (0.85),
-    though over all of coco128's people pasting moved it by +0.023, within the noise (``train.pasted``)."""
     flip_prob: float = 0.5
     grayscale_prob: float = 0.08
     blur_prob: float = 0.15
@@ -85,16 +78,9 @@ class LoadedSet:
     ignore_band: float = 0.0
     object_boxes: list[list[Box]] = field(default_factory=list)
     """Per photo, the boxes of its annotated non-person objects; empty when the source has no annotations."""
-    object_outlines: list[list[list[Polygon]]] = field(default_factory=list)
-    """Per photo, the polygons of each annotated non-person object; empty when the source has no annotations."""
     ignore_regions: list[np.ndarray | None] = field(default_factory=list)
     """Per photo, where the label is not to be trained on (> 127: people it leaves out, ``train.bystanders``),
     or None; empty when the source has none."""
-
-    @cached_property
-    def object_cutouts(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """:func:`object_cutouts` of this set, rasterised once per run rather than by every epoch's stream."""
-        return object_cutouts(self)
 
     @cached_property
     def mask_peaks(self) -> np.ndarray:
@@ -255,49 +241,6 @@ def crowd_scene(
     return canvas.round().astype(np.uint8), (scene_mask * 255).round().astype(np.uint8)
 
 
-def outline_mask(polygons: Sequence[Polygon], width: int, height: int) -> np.ndarray:
-    """A 0-255 mask of ``width`` x ``height`` filled inside ``polygons`` (fractions of the photo)."""
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for polygon in polygons:
-        draw.polygon([(x * width, y * height) for x, y in zip(polygon[::2], polygon[1::2])], fill=255)
-    return np.asarray(canvas)
-
-
-def object_cutouts(loaded: LoadedSet) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(image, 0-255 mask) of every outlined object of ``loaded``'s photos without people, cropped to the
-    object: people are never among them, and no person lies under one in the cut-out."""
-    cutouts = []
-    for image, outlines, peak in zip(loaded.images, loaded.object_outlines, loaded.mask_peaks):
-        if peak:
-            continue
-        height, width = image.shape[:2]
-        for polygons in outlines:
-            cutout = _masked_cutout(image, outline_mask(polygons, width, height))
-            if cutout is not None and min(cutout[1].shape) >= 4:
-                cutouts.append(cutout)
-    return cutouts
-
-
-def paste_objects(
-    image: np.ndarray, mask: np.ndarray, objects: Sequence[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """``image`` with each of ``objects`` (image, 0-255 mask) scaled to 10-60% of its longer side and pasted at
-    a random place, feathered like ``crowd_scene``'s people; ``mask`` loses what they cover."""
-    canvas = image.astype(np.float32)
-    label = mask.astype(np.float32)
-    height, width = mask.shape
-    for part, part_mask in objects:
-        part, alpha = _feathered(part, part_mask, max(height, width) * rng.uniform(0.1, 0.6) / max(part.shape[:2]))
-        left = int(rng.integers(-part.shape[1] // 3, max(1, width - part.shape[1] * 2 // 3)))
-        top = int(rng.integers(-part.shape[0] // 3, max(1, height - part.shape[0] * 2 // 3)))
-        placed = _blend(canvas, part, alpha, left, top)
-        if placed is not None:
-            rows, columns, a = placed
-            label[rows, columns] *= 1.0 - a
-    return canvas.round().astype(np.uint8), label.round().astype(np.uint8)
-
-
 def _crop_box(mask: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> tuple[float, float, float, float]:
     """(left, top, right, bottom) in image pixels; may extend past the image (filled with the mean)."""
     height, width = mask.shape
@@ -351,20 +294,14 @@ def augment(
     backgrounds: Sequence[np.ndarray] = (),
     ignore_band: float = 0.0,
     ignore_region: np.ndarray | None = None,
-    objects: Sequence[tuple[np.ndarray, np.ndarray]] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """One random training crop: uint8 (P, P, 3) image and uint8 (P, P) mask in {0, 1}, plus
     ``IGNORE_LABEL`` where a soft mask lies within 0.5 +/- ``ignore_band`` (the teacher was unsure) and
-    where ``ignore_region`` (the photo's size) is over 127. ``objects`` are the cut-outs that
-    ``cfg.object_paste_prob`` pastes on."""
+    where ``ignore_region`` (the photo's size) is over 127."""
     if backgrounds and rng.random() < cfg.composite_prob:
         image = _composite(image, mask, backgrounds[int(rng.integers(len(backgrounds)))], rng)
         # The pasted background replaced the people the label left out.
         ignore_region = None
-    # Drawn only when enabled, so runs without pasted objects keep their exact sample streams.
-    if objects and cfg.object_paste_prob > 0 and rng.random() < cfg.object_paste_prob:
-        chosen = [objects[int(rng.integers(len(objects)))] for _ in range(int(rng.integers(1, 4)))]
-        image, mask = paste_objects(image, mask, chosen, rng)
     box = _crop_box(mask, cfg, rng)
     size = (cfg.patch_size, cfg.patch_size)
     crop = Image.fromarray(image).transform(
@@ -427,7 +364,6 @@ class TrainingStream(torch.utils.data.Dataset):
         self.empty_masks = [s.mask_peaks == 0 for s in self.sets]
         # The scene already has its background and its people are small: no re-compositing or portrait framing.
         self.scene_cfg = dataclasses.replace(cfg, composite_prob=0.0, portrait_prob=0.0)
-        self.objects = [cutout for s in self.sets for cutout in s.object_cutouts] if cfg.object_paste_prob > 0 else []
 
     def __len__(self) -> int:
         return len(self.draws)
@@ -438,7 +374,7 @@ class TrainingStream(torch.utils.data.Dataset):
         chosen = self.sets[set_id]
         # Drawn only when enabled, so runs without crowds keep their exact sample streams.
         if set_id in self.crowd_set_ids and rng.random() < self.cfg.crowd_prob:
-            image, mask = augment(*self._crowd(rng), self.scene_cfg, rng, objects=self.objects)
+            image, mask = augment(*self._crowd(rng), self.scene_cfg, rng)
         else:
             image, mask = chosen.images[index], chosen.masks[index]
             region = chosen.ignore_regions[index] if chosen.ignore_regions else None
@@ -446,9 +382,7 @@ class TrainingStream(torch.utils.data.Dataset):
             if self.cfg.closeup_prob > 0 and self.empty_masks[set_id][index] and rng.random() < self.cfg.closeup_prob:
                 image = closeup(image, rng, self._object_box(chosen, index, rng))
                 region = None  # the enlarged window no longer lines up with it
-            image, mask = augment(
-                image, mask, self.cfg, rng, self.backgrounds, chosen.ignore_band, region, objects=self.objects
-            )
+            image, mask = augment(image, mask, self.cfg, rng, self.backgrounds, chosen.ignore_band, region)
         return torch.from_numpy(normalize(image, self.cfg.mean, self.cfg.std)), torch.from_numpy(mask.astype(np.int64))
 
     def _object_box(self, chosen: LoadedSet, index: int, rng: np.random.Generator) -> Box | None:

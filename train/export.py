@@ -17,34 +17,30 @@ from bgremove_plugin.hub import build_from_folder
 from bgremove_plugin.model import TiramisuNet
 from bgremove_plugin.onnx_backend import ONNX_NAME, export_onnx
 
+from .calibrate import best_threshold, shift_person_logit
+from .config import SourceConfig, TrainConfig, config_from_dict, model_kwargs
+from .data import load_set
+from .datasets import source_splits
+from .sources import SPLIT_DIR
+from .trainer import calibration_images, predict_probabilities, recalibrate_batchnorm
+
 DEFAULT_ALPHA_RANGE = (0.2, 0.8)
 """Probabilities snapped to alpha 0 / 1. On 80 CCP val photos (epoch-13 weights) it cut the soft mask's
 MAE from 0.083 to 0.058 and the share of partial-alpha pixels from 59% to 12%, at the same IoU (the
 range is symmetric about 0.5). Narrower ranges lower MAE a little more but harden hair and edges."""
 
 
-def _weights_from_training_state(path: Path, which: str) -> dict[str, Any]:
-    """Model or EMA weights from a resumable ``last.pt``, in the layout ``best.pt`` uses."""
-    from .train import config_from_dict, model_kwargs
-
+def _weights_from_training_state(path: Path) -> dict[str, Any]:
+    """The weights of a resumable ``last.pt``, in the layout ``best.pt`` uses."""
     # Our own resumable checkpoint: it holds RNG states, which need the full unpickler.
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if which == "auto":
-        which = "model" if state["ema"] is None else "ema"
-    if which == "ema":
-        if state["ema"] is None:
-            raise SystemExit(f"{path} was trained without EMA; use --weights model")
-        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-    else:
-        weights = state["model"]
     return {
         "config": state["config"],
         "model_kwargs": model_kwargs(config_from_dict(state["config"])),
-        "state_dict": weights,
+        "state_dict": state["model"],
         "epoch": state["epoch"],
         "val_iou": _logged_val_iou(path.parent / "metrics.jsonl", state["epoch"]),
         "samples_seen": state["samples_seen"],
-        "weights": which,
     }
 
 
@@ -59,10 +55,6 @@ def _logged_val_iou(metrics: Path, epoch: int) -> float | None:
 def _calibrate(model: TiramisuNet, data_root: Path, run_dir: Path, split_dir: Path | None) -> dict[str, object]:
     """Fit the decision threshold on the run's validation photos: those of its sources with ``validate``
     or ``calibrate``, each source weighing the same (:func:`train.calibrate.best_threshold`)."""
-    from .calibrate import best_threshold, shift_person_logit
-    from .data import load_set
-    from .train import SPLIT_DIR, SourceConfig, TrainConfig, config_from_dict, predict_probabilities, source_splits
-
     config_path = run_dir / "config.json"
     cfg = config_from_dict(json.loads(config_path.read_text())) if config_path.exists() else TrainConfig(
         sources=[SourceConfig("ccp")]
@@ -89,7 +81,6 @@ def export(
     *,
     fp16: bool = False,
     checkpoint: str = "best.pt",
-    weights: str = "ema",
     calibrate_on: Path | None = None,
     data_root: Path | None = None,
     split_dir: Path | None = None,
@@ -98,21 +89,17 @@ def export(
 ) -> dict[str, object]:
     """Write the weights folder and return the checkpoint's metadata (epoch, val IoU, samples seen).
 
-    ``best.pt`` holds the weights that scored best on validation; ``last.pt`` holds the latest
-    training state, from which ``weights`` picks the raw model, its EMA, or ("auto") the EMA when the
-    run keeps one; its BatchNorm statistics
-    come from augmented crops, so they are re-estimated on the run's clean photos (needs ``data_root``)
-    as validation and ``best.pt`` do. ``onnx`` also writes ``model.onnx`` for the ONNX Runtime backend.
+    ``best.pt`` holds the weights that scored best on validation; ``last.pt`` holds the latest training
+    state, whose BatchNorm statistics come from augmented crops, so they are re-estimated on the run's clean
+    photos (needs ``data_root``) as validation and ``best.pt`` do. ``onnx`` also writes ``model.onnx`` for the ONNX Runtime backend.
     """
     if checkpoint == "last.pt":
-        saved = _weights_from_training_state(run_dir / checkpoint, weights)
+        saved = _weights_from_training_state(run_dir / checkpoint)
     else:
         saved = torch.load(run_dir / checkpoint, map_location="cpu", weights_only=True)
     model = TiramisuNet(**{**saved["model_kwargs"], "alpha_range": list(alpha_range)})
     model.load_state_dict(saved["state_dict"], strict=True)
     if checkpoint == "last.pt":
-        from .train import SPLIT_DIR, calibration_images, config_from_dict, recalibrate_batchnorm
-
         if data_root is None:
             raise ValueError("exporting last.pt re-estimates BatchNorm on the training photos: pass data_root")
         cfg = config_from_dict(saved["config"])
@@ -128,7 +115,7 @@ def export(
     info["run"] = run_dir.name
     if calibration:
         info["calibration"] = calibration
-    info["checkpoint"] = checkpoint if checkpoint != "last.pt" else f"last.pt ({saved['weights']})"
+    info["checkpoint"] = checkpoint
     info["dtype"] = "float16" if fp16 else "float32"
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     # The mixin writes a generic README.md; the real card is model_card.md at the repo root.
@@ -147,8 +134,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--fp16", action="store_true", help="store weights as float16")
     parser.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
-    parser.add_argument("--weights", default="ema", choices=["ema", "model", "auto"],
-                        help="with last.pt: EMA, raw weights, or the EMA when the run keeps one")
     parser.add_argument("--calibrate", action="store_true", help="fit the decision threshold on the run's validation split")
     parser.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE, metavar=("LOW", "HIGH"),
                         help="probabilities at or below LOW give alpha 0, at or above HIGH alpha 1 (default 0.2 0.8)")
@@ -160,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     calibrate_on = (args.data_root or data_root()) if args.calibrate else None
     root = args.data_root or data_root()
     info = export(
-        args.run_dir, args.out, fp16=args.fp16, checkpoint=args.checkpoint, weights=args.weights,
+        args.run_dir, args.out, fp16=args.fp16, checkpoint=args.checkpoint,
         calibrate_on=calibrate_on, data_root=root, onnx=args.onnx,
         alpha_range=tuple(args.alpha_range),
     )

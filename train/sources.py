@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,19 +129,19 @@ Box = tuple[float, float, float, float]
 """(left, top, right, bottom) as fractions of the photo's width and height, so it fits any downscaled copy."""
 
 
-Polygon = list[float]
-"""A COCO polygon (x0, y0, x1, y1, ...) as fractions of the photo's width and height."""
+def object_boxes(folder: Path, *, min_side: float = 0.12, exclude: str = "person") -> dict[str, list[Box]]:
+    """Photo stem -> boxes of the objects in ``folder/annotations/*.json`` (COCO format), other than ``exclude``
+    and crowd regions, as fractions of the photo's width and height.
 
-
-def _object_annotations(folder: Path, min_side: float, exclude: str) -> Iterator[tuple[str, Box, list[Polygon]]]:
-    """(photo stem, box, polygons) of each object in ``folder/annotations/*.json`` (COCO format) other than
-    ``exclude`` and at least ``min_side`` of the photo on its longer side, all as fractions of the photo's
-    width and height. Read with ``json``, not pycocotools: only boxes and polygons are needed. Files without
-    categories (COCO captions) are skipped."""
+    Objects whose longer side is under ``min_side`` of the photo's are left out: a close-up around them
+    would be mostly enlarged blur. A folder without annotations/ has no boxes; files without categories
+    (COCO captions) are skipped. Read with ``json``, not pycocotools: only the boxes are needed.
+    """
+    boxes: dict[str, list[Box]] = {}
     for annotation_file in sorted((folder / "annotations").glob("*.json")):
         data = json.loads(annotation_file.read_text())
         if "categories" not in data:
-            continue  # a captions file beside the instances (coco_people)
+            continue
         excluded = {c["id"] for c in data["categories"] if c["name"] == exclude}
         images = {i["id"]: i for i in data["images"]}
         for annotation in data["annotations"]:
@@ -154,34 +153,8 @@ def _object_annotations(folder: Path, min_side: float, exclude: str) -> Iterator
             if max(w / width, h / height) < min_side:
                 continue
             box = (x / width, y / height, min(1.0, (x + w) / width), min(1.0, (y + h) / height))
-            polygons = [
-                [value / (width if k % 2 == 0 else height) for k, value in enumerate(polygon)]
-                for polygon in annotation.get("segmentation") or []
-                if isinstance(polygon, list) and len(polygon) >= 6
-            ]
-            yield Path(info["file_name"]).stem, box, polygons
-
-
-def object_boxes(folder: Path, *, min_side: float = 0.12, exclude: str = "person") -> dict[str, list[Box]]:
-    """Photo stem -> boxes of the objects in ``folder/annotations/*.json`` (COCO format), other than ``exclude``.
-
-    Objects whose longer side is under ``min_side`` of the photo's are left out: a close-up around them
-    would be mostly enlarged blur. A folder without annotations/ has no boxes.
-    """
-    boxes: dict[str, list[Box]] = {}
-    for stem, box, _ in _object_annotations(folder, min_side, exclude):
-        boxes.setdefault(stem, []).append(box)
+            boxes.setdefault(Path(info["file_name"]).stem, []).append(box)
     return boxes
-
-
-def object_outlines(folder: Path, *, min_side: float = 0.08, exclude: str = "person") -> dict[str, list[list[Polygon]]]:
-    """Photo stem -> per object (other than ``exclude``), the polygons that outline it; objects without a
-    polygon, or under ``min_side`` of the photo on their longer side (too few pixels to cut out), are left out."""
-    outlines: dict[str, list[list[Polygon]]] = {}
-    for stem, _, polygons in _object_annotations(folder, min_side, exclude):
-        if polygons:
-            outlines.setdefault(stem, []).append(polygons)
-    return outlines
 
 
 def export_coco_folder(
