@@ -88,7 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         help="inference engine: auto (default; PyTorch), torch, or onnx (ONNX Runtime; needs bgremove_plugin[onnx])",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1; more helps on GPUs)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files (never an input); without it they are skipped")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="local (default), or ray: run on a Ray cluster (needs -o and bgremove_plugin[ray]; "
+                        "inputs and outputs may be URIs such as s3://bucket/photos)")
+    parser.add_argument("--ray-address", help="the Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
+    parser.add_argument("--concurrency", type=int, default=2, help="--engine ray: actors, each holding one model")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -162,7 +168,7 @@ def _umask() -> int:
     return mask
 
 
-def _save_atomically(image: object, target: Path, image_format: str) -> None:
+def save_atomically(image: object, target: Path, image_format: str) -> None:
     from PIL import Image
 
     assert isinstance(image, Image.Image)
@@ -262,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.buffer.flush()
         return 0
 
+    if args.engine == "ray":
+        return _run_on_ray(args, options, image_format, suffix, err)
     jobs, problems = _plan(args.inputs, args.output, args.glob, suffix)
     for problem in problems:
         err.write(f"bgremove: {problem}\n")
@@ -276,8 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed += 1
                 progress.step()
             elif job.target.exists() and not args.overwrite:
-                err.write(f"bgremove: {job.source}: {job.target} exists; pass --overwrite to replace it\n")
-                failed += 1
+                # Skipped, not failed: a job that died is run again and finishes the rest.
+                err.write(f"bgremove: {job.source}: {job.target} exists, skipped (--overwrite replaces it)\n")
                 progress.step()
             else:
                 try:
@@ -291,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed += 1
             else:
                 try:
-                    _save_atomically(cutout, job.target, image_format)
+                    save_atomically(cutout, job.target, image_format)
                 except OSError as exc:
                     err.write(f"bgremove: {job.source}: cannot write {job.target}: {exc}\n")
                     failed += 1
@@ -299,6 +307,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         err.write(f"bgremove: {failed} of {len(jobs) + len(problems)} input(s) failed\n")
     return 1 if failed else 0
+
+
+def _run_on_ray(args: argparse.Namespace, options: dict[str, object], image_format: str, suffix: str, err: TextIO) -> int:
+    from . import ray_engine
+
+    if args.output is None:
+        err.write("bgremove: --engine ray needs -o OUTPUT (a folder or a URI such as s3://bucket/cutouts)\n")
+        return 2
+    output = str(args.output)
+    try:
+        planned = ray_engine.plan(args.inputs, output, pattern=args.glob, suffix=suffix, overwrite=args.overwrite)
+        remover_options = {"model": args.model, "revision": args.revision, "device": args.device,
+                           "batch_size": args.batch_size, "refine": args.refine, "backend": args.backend}
+        failures = ray_engine.run(planned, output, remover_options=remover_options, cut_options=options,
+                                  image_format=image_format, concurrency=args.concurrency, address=args.ray_address)
+    except BgRemoveError as exc:
+        err.write(f"bgremove: {exc}\n")
+        return 2
+    err.writelines(f"bgremove: {target} exists, skipped (--overwrite replaces it)\n" for target in planned.skipped)
+    problems = planned.problems + [f"{source}: {reason}" for source, reason in sorted(failures.items())]
+    total = len(planned.jobs) + len(planned.problems)
+    err.write(f"bgremove: {len(planned.jobs) - len(failures)} written, {len(planned.skipped)} skipped, "
+              f"{len(problems)} failed\n")
+    err.writelines(f"bgremove: failed: {problem}\n" for problem in problems)
+    if problems:
+        err.write(f"bgremove: {len(problems)} of {total} input(s) failed\n")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -154,3 +154,28 @@ def test_the_candidate_measures_the_coco_test_sets(name: str) -> None:
     source, split, masks, people_only = SETS[name]
     assert source == "coco_people" and masks is None and not people_only
     assert (REPO / "train" / "splits" / f"coco_people_{split}.txt").exists()
+
+
+def test_validation_reports_each_sources_iou_beside_the_mean(tmp_path: Path) -> None:
+    from train.config import SourceConfig, TrainConfig
+    from train.data import AugmentConfig
+    from train.trainer import Trainer
+
+    data = tmp_path / "data"
+    for name, person in (("a", True), ("b", False)):
+        (data / name / "images").mkdir(parents=True)
+        (data / name / "masks").mkdir()
+        for i in range(10):
+            Image.new("RGB", (64, 64), (i * 20, 50, 50)).save(data / name / "images" / f"{i:02d}.jpg")
+            Image.new("L", (64, 64), 255 if person else 0).save(data / name / "masks" / f"{i:02d}.png")
+    cfg = TrainConfig(
+        name="t", sources=[SourceConfig("a"), SourceConfig("b")], backgrounds=[], samples_per_epoch=4, batch_size=2,
+        val_limit=0, grid_images=1, bn_calibration_images=2, epochs=1, augment=AugmentConfig(patch_size=64, input_size=64),
+    )
+    trainer = Trainer(cfg, tmp_path / "run", torch.device("cpu"), data, split_dir=tmp_path / "splits")
+    (tmp_path / "run").mkdir()
+    trainer.run(max_minutes=60)
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    by_source = row["val_iou_by_source"]
+    assert list(by_source) == ["a", "b"]  # two validation photos each (20% of 10)
+    assert row["val_iou"] == pytest.approx((by_source["a"] + by_source["b"]) / 2, abs=1e-4)

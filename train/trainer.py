@@ -148,6 +148,7 @@ class Trainer:
         train_sets: list[LoadedSet] = []
         val_samples: list[Sample] = []
         empty_val_samples: list[Sample] = []
+        val_sources: list[str] = []
         for source in cfg.sources:
             splits = source_splits(source, cfg.split_seed, root, split_dir)
             train_set = load_set(
@@ -161,10 +162,14 @@ class Trainer:
             train_sets.append(train_set)
             if source.validate:
                 val_samples += splits["val"]
+                val_sources += [source.path] * len(splits["val"])
             if source.empty_only:
                 empty_val_samples += splits["val"]
         if cfg.val_limit:
             val_samples = val_samples[: cfg.val_limit]
+        self.val_sources = val_sources[: len(val_samples)]
+        """The source of each validation photo, so that metrics.jsonl can say which set moved."""
+        self.val_iou_by_source: dict[str, float] = {}
         self.val = load_set(val_samples, long_side=cfg.cache_long_side, name="val")
         self.val_empty = load_set(empty_val_samples, long_side=cfg.cache_long_side, name="val_empty")
         # The val set's size is part of the rule: a best measured on fewer photos is not comparable.
@@ -285,6 +290,10 @@ class Trainer:
             probs = predict_probabilities(model, self.val.images, self.device)
             empty_probs = predict_probabilities(model, self.val_empty.images, self.device)
         ious = [person_iou(p, m) for p, m in zip(probs, self.val.masks)]
+        self.val_iou_by_source = {
+            name: round(float(np.mean([iou for iou, of in zip(ious, self.val_sources) if of == name])), 5)
+            for name in dict.fromkeys(self.val_sources)
+        }
         empty_alpha = float(np.mean([p.mean() for p in empty_probs])) if empty_probs else 0.0
         return float(np.mean(ious)), empty_alpha, probs, model
 
@@ -307,6 +316,7 @@ class Trainer:
                 "val_iou": round(val_iou, 5), "val_empty_alpha": round(empty_alpha, 4), "lr": lr, "epoch_seconds": round(elapsed, 1),
                 "data_wait_seconds": round(data_wait, 1), "validate_seconds": round(validate_seconds, 1),
                 "train_seconds_total": round(self.train_seconds, 1), "device": str(self.device),
+                "val_iou_by_source": self.val_iou_by_source,
             }
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
