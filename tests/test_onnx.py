@@ -35,7 +35,9 @@ def real_photos() -> list[Image.Image]:
 
 @pytest.fixture(autouse=True)
 def fresh_sessions() -> None:
+    # Sessions other tests opened for the same weights would answer before any file is looked at.
     onnx_backend._sessions.clear()
+    onnx_backend._sessions_by_net.clear()
 
 
 def test_onnx_and_torch_probabilities_agree_on_real_photos() -> None:
@@ -119,7 +121,7 @@ def test_new_weights_are_exported_once_and_then_reused(
     tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BGREMOVE_CACHE", str(tmp_path / "cache"))
-    # The torch backend turns the shared model channels_last on the CPU; exporting it must still work.
+    # The torch backend runs a channels_last copy on the CPU; exporting the shared model must still work.
     BackgroundRemover(tiny_weights, device="cpu", backend="torch")
     first = BackgroundRemover(tiny_weights, device="cpu", backend="onnx")
     exported = list((tmp_path / "cache" / "onnx").glob("*.onnx"))

@@ -49,7 +49,7 @@ def test_card_front_matter_has_what_the_hub_needs(tmp_path: Path) -> None:
     # The card states what train.candidate measured for the weights in the package, rounded to 3 places.
     assert metrics[("CCP test split", "mean_iou")] == round(shipped["ccp_test"]["iou"], 3)
     assert metrics[("COCO person test split", "mean_iou")] == round(shipped["coco_test"]["iou"], 3)
-    assert "Known failure modes" in card.text and "python -m train.train" in card.text
+    assert "## Limitations and failure modes" in card.text and "python -m train.train" in card.text
 
 
 def test_card_without_front_matter_is_refused(tmp_path: Path) -> None:

@@ -771,7 +771,7 @@ def test_dropout_switched_off_at_resume_keeps_the_weights_and_reaches_the_export
     assert json.loads((run_dir / "config.json").read_text())["dropout"] == 0.0
     session = json.loads((run_dir / "sessions.jsonl").read_text().splitlines()[-1])
     assert session["overrides"] == ["dropout=0"]
-    export(run_dir, tmp_path / "exported", checkpoint="last.pt", weights="model", data_root=tmp_path, split_dir=splits)
+    export(run_dir, tmp_path / "exported", checkpoint="last.pt", data_root=tmp_path, split_dir=splits)
     assert json.loads((tmp_path / "exported" / "config.json").read_text())["dropout"] == 0.0
     assert load_model(tmp_path / "exported").input_size == 64
 
@@ -974,10 +974,10 @@ def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None
     # last.pt holds BatchNorm statistics of augmented crops: the export re-estimates them on clean photos.
     raw = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
     info = export(
-        run_dir, tmp_path / "from_last", checkpoint="last.pt", weights="model", data_root=tmp_path,
+        run_dir, tmp_path / "from_last", checkpoint="last.pt", data_root=tmp_path,
         split_dir=tmp_path / "splits",
     )
-    assert info["epoch"] == 3 and info["checkpoint"] == "last.pt (model)"
+    assert info["epoch"] == 3 and info["checkpoint"] == "last.pt"
     assert info["val_iou"] == last["val_iou"]  # from metrics.jsonl: last.pt does not carry it
     exported = load_model(tmp_path / "from_last").state_dict()
     mean_key = next(k for k in raw if k.endswith("running_mean"))
