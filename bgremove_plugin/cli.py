@@ -270,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.engine == "ray":
         return _run_on_ray(args, options, image_format, suffix, err)
+    if len(args.inputs) == 1 and Path(args.inputs[0]).suffix.lower() in _video_suffixes():
+        return _run_video(args, remover, background, err)
     jobs, problems = _plan(args.inputs, args.output, args.glob, suffix)
     for problem in problems:
         err.write(f"bgremove: {problem}\n")
@@ -307,6 +309,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         err.write(f"bgremove: {failed} of {len(jobs) + len(problems)} input(s) failed\n")
     return 1 if failed else 0
+
+
+def _video_suffixes() -> frozenset[str]:
+    from .video import VIDEO_SUFFIXES
+
+    return VIDEO_SUFFIXES
+
+
+def _run_video(args: argparse.Namespace, remover: BackgroundRemover, background: object, err: TextIO) -> int:
+    from .video import remove_background_video
+
+    source = Path(args.inputs[0])
+    destination = args.output or source.with_name(f"{source.stem}-nobg.webm")
+    if destination.resolve() == source.resolve():
+        err.write(f"bgremove: {source}: refusing to write over the input\n")
+        return 1
+    if destination.exists() and not args.overwrite:
+        err.write(f"bgremove: {destination} exists, skipped (--overwrite replaces it)\n")
+        return 0
+    progress = _Progress(0, err, enabled=not args.quiet and err.isatty())
+
+    def step(done: int, total: int | None) -> None:
+        progress.total = max(total or done, done)
+        progress.step()
+
+    try:
+        result = remove_background_video(source, destination, background=background, threshold=args.threshold,  # type: ignore[arg-type]
+                                         remover=remover, progress=step)
+    except BgRemoveError as exc:
+        err.write(f"bgremove: {source}: {exc}\n")
+        return 1
+    err.write(f"bgremove: {result.frames} frames written to {result.destination}\n")
+    return 0
 
 
 def _run_on_ray(args: argparse.Namespace, options: dict[str, object], image_format: str, suffix: str, err: TextIO) -> int:
