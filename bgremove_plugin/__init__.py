@@ -19,6 +19,7 @@ from .errors import (
     DeviceUnavailableError,
     InvalidArgumentError,
     InvalidImageError,
+    InvalidVideoError,
     ModelLoadError,
 )
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .api import BackgroundRemover, remove_background
     from .hub import load_model
     from .model import TiramisuNet
+    from .video import remove_background_video
 
 __version__ = "0.1.0"
 __all__ = [
@@ -35,11 +37,13 @@ __all__ = [
     "DeviceUnavailableError",
     "InvalidArgumentError",
     "InvalidImageError",
+    "InvalidVideoError",
     "ModelLoadError",
     "TiramisuNet",
     "__version__",
     "load_model",
     "remove_background",
+    "remove_background_video",
 ]
 
 _LAZY = {
@@ -47,6 +51,7 @@ _LAZY = {
     "BackgroundRemover": "api",
     "load_model": "hub",
     "TiramisuNet": "model",
+    "remove_background_video": "video",
 }
 
 

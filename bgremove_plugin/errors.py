@@ -8,6 +8,7 @@ __all__ = [
     "DeviceUnavailableError",
     "InvalidArgumentError",
     "InvalidImageError",
+    "InvalidVideoError",
     "ModelLoadError",
 ]
 
@@ -18,6 +19,10 @@ class BgRemoveError(Exception):
 
 class InvalidImageError(BgRemoveError, ValueError):
     """The input is not an image the package can read (wrong type, unreadable bytes, zero size)."""
+
+
+class InvalidVideoError(BgRemoveError, ValueError):
+    """The source is not a video the package can read, or holds no video stream or frames."""
 
 
 class InvalidArgumentError(BgRemoveError, ValueError):

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .errors import BackendUnavailableError, BgRemoveError, InvalidArgumentError
+from .errors import BackendUnavailableError, InvalidArgumentError, InvalidVideoError
 
 if TYPE_CHECKING:
     from .api import BackgroundInput, BackgroundRemover
@@ -37,10 +37,6 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".m
 MOTION_LEVEL = 12.0
 """Change of a pixel's grey level (0-255, after a light blur) above which it counts as moving."""
 _INSTALL_HINT = 'pip install "bgremove_plugin[video]"'
-
-
-class InvalidVideoError(BgRemoveError, ValueError):
-    """The source is not a video the package can read, or holds no video stream."""
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgremove_plugin import BackgroundRemover
+from bgremove_plugin import BackgroundRemover, InvalidVideoError, remove_background_video
 from bgremove_plugin.cli import main
 from bgremove_plugin.errors import InvalidArgumentError
-from bgremove_plugin.video import InvalidVideoError, TemporalSmoother, remove_background_video
+from bgremove_plugin.video import TemporalSmoother
 
 from .conftest import PORTRAIT, shared_data_root
 
