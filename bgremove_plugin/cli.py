@@ -336,7 +336,7 @@ def _run_video(args: argparse.Namespace, remover: BackgroundRemover, background:
 
     try:
         result = remove_background_video(source, destination, background=background, threshold=args.threshold,  # type: ignore[arg-type]
-                                         remover=remover, progress=step)
+                                         refine=args.refine, remover=remover, progress=step)
     except BgRemoveError as exc:
         err.write(f"bgremove: {source}: {exc}\n")
         return 1

@@ -29,6 +29,7 @@ from .errors import BackendUnavailableError, InvalidArgumentError, InvalidVideoE
 
 if TYPE_CHECKING:
     from .api import BackgroundInput, BackgroundRemover
+    from .refine import Refine
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +103,15 @@ def remove_background_video(
     *,
     background: BackgroundInput | None = None,
     threshold: float | None = None,
+    refine: Refine | None = None,
     smoothing: float = 0.5,
     remover: BackgroundRemover | None = None,
     progress: Callable[[int, int | None], None] | None = None,
 ) -> VideoResult:
     """Cut the people out of every frame of ``source`` and write ``destination`` (see the module's doc).
 
-    ``remover`` is the :class:`BackgroundRemover` to use (default weights, ``device="auto"`` if None);
+    ``background``, ``threshold`` and ``refine`` are :func:`remove_background`'s (``refine`` None: the
+    remover's own); ``remover`` is the :class:`BackgroundRemover` to use (default weights if None);
     ``smoothing`` 0 turns temporal smoothing off; ``progress`` is called as ``progress(done, total)``.
 
     Raises:
@@ -148,7 +151,7 @@ def remove_background_video(
                             writer.audio(frame)
                             continue
                         rgb = frame.to_image()
-                        alpha = smoother(rgb, remover.predict_alpha([rgb])[0])
+                        alpha = smoother(rgb, remover.predict_alpha([rgb], refine=refine)[0])
                         if threshold is not None:
                             alpha = (alpha >= threshold).astype(np.float32)
                         writer.video(remover.apply_mask(rgb, alpha, background=background))

@@ -94,11 +94,19 @@ def test_mp4_is_composited_on_the_background_and_refuses_transparency(clip: Path
     assert result.frames == len(frames) == FRAMES and audio_streams == 1 and (frames[0][..., 3] == 255).all()
 
 
-def test_a_folder_gets_one_rgba_png_per_frame(clip: Path, tmp_path: Path, remover: BackgroundRemover) -> None:
-    remove_background_video(clip, tmp_path / "frames", remover=remover)
+def test_a_folder_gets_one_rgba_png_per_frame_with_the_edges_asked_for(
+    clip: Path, tmp_path: Path, remover: BackgroundRemover
+) -> None:
+    remove_background_video(clip, tmp_path / "frames", remover=remover, smoothing=0.0)
     pngs = sorted((tmp_path / "frames").glob("*.png"))
     assert [p.name for p in pngs] == [f"frame_{i:06d}.png" for i in range(1, FRAMES + 1)]
     assert all(Image.open(p).mode == "RGBA" and Image.open(p).size == SIZE for p in pngs)
+    with av.open(str(clip)) as source:
+        first = next(source.decode(video=0)).to_image()
+    for refine in ("guided", "none"):
+        remove_background_video(clip, tmp_path / refine, remover=remover, smoothing=0.0, refine=refine)
+        written = np.asarray(Image.open(tmp_path / refine / "frame_000001.png"))[..., 3]
+        np.testing.assert_array_equal(written, np.asarray(remover.remove(first, refine=refine, return_mask=True)))
 
 
 def test_a_corrupt_or_non_video_file_is_a_clear_error_and_writes_nothing(tmp_path: Path, remover: BackgroundRemover) -> None:
