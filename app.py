@@ -18,10 +18,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 from PIL import Image, ImageFilter, ImageOps
 
-from bgremove_plugin import BackgroundRemover, InvalidImageError
+from bgremove_plugin import BackgroundRemover, InvalidImageError, InvalidVideoError, remove_background_video
 
 MAX_PIXELS = int(os.environ.get("BGREMOVE_MAX_PIXELS", "40000000"))
 MAX_FILE_SIZE = os.environ.get("BGREMOVE_MAX_FILE_SIZE", "30mb")
+MAX_VIDEO_FRAMES = int(os.environ.get("BGREMOVE_MAX_VIDEO_FRAMES", "300"))
+"""Clips longer than this (10 s at 30 fps) are refused: every frame is a full cut-out."""
 EXAMPLES = [str(p) for p in sorted((Path(__file__).parent / "examples").glob("*.jpg"))]
 BACKGROUNDS = ["transparent", "colour", "blurred original", "image"]
 # Matting is offered only where its extra (pymatting) is installed, e.g. on the Space (requirements.txt).
@@ -84,6 +86,31 @@ def cut_out(
     return result, mask, path
 
 
+def cut_out_video(clip: str | None, colour: str | None, on_colour: bool) -> tuple[str, str]:
+    """Run one video request: returns the clip to play and the file to download (WebM with alpha, or MP4
+    on the colour)."""
+    if clip is None:
+        raise gr.Error("Upload a clip first.")
+    import av
+
+    try:
+        with av.open(clip) as container:
+            stream = container.streams.video[0]
+            frames = stream.frames or int(float(container.duration or 0) / 1e6 * float(stream.average_rate or 30))
+            pixels = stream.codec_context.width * stream.codec_context.height
+    except (av.error.FFmpegError, IndexError, OSError) as exc:
+        raise gr.Error(f"That file is not a readable video: {exc}") from exc
+    if frames > MAX_VIDEO_FRAMES or pixels > MAX_PIXELS:
+        raise gr.Error(f"This demo takes clips of up to {MAX_VIDEO_FRAMES} frames; please trim it and try again.")
+    handle, path = tempfile.mkstemp(prefix="cutout-", suffix=".mp4" if on_colour else ".webm")
+    os.close(handle)
+    try:
+        remove_background_video(clip, path, background=(colour or "#ffffff") if on_colour else None, remover=remover)
+    except InvalidVideoError as exc:
+        raise gr.Error(str(exc)) from exc
+    return path, path
+
+
 with gr.Blocks(title="bgremove: remove the background from photos of people") as demo:
     gr.Markdown(
         "# bgremove\nRemove the background from photos of people with a Tiramisu (FC-DenseNet) network. "
@@ -109,6 +136,19 @@ with gr.Blocks(title="bgremove: remove the background from photos of people") as
             download = gr.File(label="Download PNG", elem_id="download")
     if EXAMPLES:
         gr.Examples(EXAMPLES, inputs=[photo])
+    with gr.Accordion("Video", open=False), gr.Row():
+        with gr.Column():
+            clip = gr.Video(label=f"Clip (up to {MAX_VIDEO_FRAMES} frames)", elem_id="clip")
+            video_on_colour = gr.Checkbox(value=False, label="On a colour (MP4) instead of transparent (WebM)")
+            video_colour = gr.ColorPicker(value="#ffffff", label="Colour")
+            video_submit = gr.Button("Remove background from the clip", elem_id="video-submit")
+        with gr.Column():
+            video_result = gr.Video(label="Cut-out clip", elem_id="video-result")
+            video_download = gr.File(label="Download", elem_id="video-download")
+    video_submit.click(
+        cut_out_video, inputs=[clip, video_colour, video_on_colour], outputs=[video_result, video_download],
+        api_name="remove_video",
+    )
     submit.click(
         cut_out,
         inputs=[photo, background, colour, backdrop, edges, decontaminate],

@@ -28,6 +28,7 @@ from .conftest import PORTRAIT, REPO, free_port
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 # Small enough that a photo built in the test trips it, large enough for the 512x512 example.
+DEMO_MAX_FRAMES = 20
 DEMO_MAX_PIXELS = 1_000_000
 
 
@@ -80,7 +81,8 @@ def test_space_requirements_cover_the_package_dependencies() -> None:
 @pytest.fixture(scope="module")
 def demo_url() -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "BGREMOVE_MAX_PIXELS": str(DEMO_MAX_PIXELS), "BGREMOVE_DEVICE": "cpu"}
+    env = {**os.environ, "BGREMOVE_MAX_PIXELS": str(DEMO_MAX_PIXELS), "BGREMOVE_DEVICE": "cpu",
+           "BGREMOVE_MAX_VIDEO_FRAMES": str(DEMO_MAX_FRAMES)}
     env.pop("GRADIO_ANALYTICS_ENABLED", None)  # app.py must switch analytics off by itself
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = (ARTIFACTS / "demo-server.log").open("w")
@@ -136,6 +138,22 @@ def _call(
     return client.predict(
         handle_file(str(photo)), background, colour, behind, edges, decontaminate, api_name="/remove"
     )
+
+
+def test_a_clip_comes_back_cut_out_and_a_long_one_is_refused(client: Any, tmp_path: Path) -> None:
+    from gradio_client import handle_file
+
+    from .test_video import _decoded, _make_clip
+
+    clip = _make_clip(tmp_path / "clip.mp4", frames=8, audio=False)
+    played, downloaded = client.predict(handle_file(str(clip)), "#ffffff", False, api_name="/remove_video")
+    frames, _, _ = _decoded(Path(downloaded))
+    assert Path(downloaded).suffix == ".webm" and len(frames) == 8 and frames[0].shape == (64, 96, 4)
+    assert frames[0][..., 3].min() < 255  # transparent where the model sees background
+    assert Path(played["video"] if isinstance(played, dict) else played).exists()
+    long_clip = _make_clip(tmp_path / "long.mp4", frames=DEMO_MAX_FRAMES + 5, audio=False)
+    with pytest.raises(Exception, match=f"up to {DEMO_MAX_FRAMES} frames"):
+        client.predict(handle_file(str(long_clip)), "#ffffff", False, api_name="/remove_video")
 
 
 def test_client_gets_an_rgba_cutout_of_the_input_size(client: Any) -> None:
