@@ -238,6 +238,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.background:
             background = load_image(args.background) if Path(args.background).is_file() else args.background
+    except BgRemoveError as exc:
+        err.write(f"bgremove: {exc}\n")
+        return 2
+    options = {
+        "background": background,
+        "return_mask": args.mask,
+        "threshold": args.threshold,
+        "decontaminate": args.decontaminate,
+    }
+    if args.engine == "ray":
+        # The actors load the model; the driver only plans and reports.
+        return _run_on_ray(args, options, image_format, suffix, err)
+    try:
         remover = BackgroundRemover(
             args.model,
             revision=args.revision,
@@ -249,12 +262,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BgRemoveError as exc:
         err.write(f"bgremove: {exc}\n")
         return 2
-    options = {
-        "background": background,
-        "return_mask": args.mask,
-        "threshold": args.threshold,
-        "decontaminate": args.decontaminate,
-    }
 
     if args.inputs == ["-"]:
         try:
@@ -268,8 +275,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.buffer.flush()
         return 0
 
-    if args.engine == "ray":
-        return _run_on_ray(args, options, image_format, suffix, err)
     if len(args.inputs) == 1 and Path(args.inputs[0]).suffix.lower() in _video_suffixes():
         return _run_video(args, remover, background, err)
     jobs, problems = _plan(args.inputs, args.output, args.glob, suffix)
