@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageChops, ImageColor, ImageOps, UnidentifiedImageError
 
-from .errors import InvalidArgumentError, InvalidImageError
+from .errors import BackendUnavailableError, InvalidArgumentError, InvalidImageError
 from .hub import load_model, onnx_folder, resolve_device
 from .matting import matte, require_pymatting
 from .model import TiramisuNet
 from .onnx_backend import Backend, OnnxNet, onnx_for, onnx_provider
+from .precision import Precision, check_precision, cpu_has_bfloat16, resolve_precision
 from .refine import Refine, check_refine, estimate_foreground, guided_upsample
 from .transforms import oriented, person_probability, prepare_batch, probability_to_mask, to_rgb, valid_region
 
@@ -175,9 +176,12 @@ class BackgroundRemover:
             it on a GPU.
         refine: the default edge refinement, ``"guided"``, ``"none"`` or ``"matting"``; each call may
             override it.
-        backend: ``"auto"`` (default; PyTorch, no extra needed), ``"torch"`` or ``"onnx"`` (ONNX
-            Runtime on the CPU, the faster there at 320 px; needs the ``[onnx]`` extra, else raises).
+        backend: ``"auto"`` (default), ``"torch"`` or ``"onnx"`` (ONNX Runtime; needs the ``[onnx]``
+            extra, else raises). ``"auto"`` is the fastest at hand: PyTorch in bfloat16 on a CPU with
+            bfloat16 instructions; ONNX Runtime (if installed) for float32 on other CPUs; PyTorch on GPUs.
             The chosen one is in ``.backend``.
+        precision: ``"auto"`` (default: bfloat16 on a CPU that computes it natively, else float32),
+            ``"float32"`` or ``"bfloat16"`` (PyTorch only). The chosen one is in ``.precision``.
 
     Example:
         >>> remover = BackgroundRemover(device="cpu")
@@ -193,6 +197,7 @@ class BackgroundRemover:
         batch_size: int = 1,
         refine: Refine = "guided",
         backend: Backend = "auto",
+        precision: Precision = "auto",
     ) -> None:
         if batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}")
@@ -208,8 +213,10 @@ class BackgroundRemover:
         else:
             self.model = load_model(model, revision=revision, device=self.device)
         self.batch_size = batch_size
-        self._onnx = self._onnx_runner(backend, model, revision)
+        check_precision(precision, onnx=backend == "onnx")  # before any export
+        self._onnx = self._onnx_runner(backend, precision, model, revision)
         self.backend: Backend = "onnx" if self._onnx is not None else "torch"
+        self.precision = resolve_precision(precision, self.device, onnx=self._onnx is not None)
         if self.backend == "torch" and self.device.type == "cpu":
             # Measured on 2 cores at 224x192: 185-243 ms contiguous, 138-143 ms channels_last (same outputs).
             # On a private copy: Module.to works in place, and load_model's cached network is shared with
@@ -223,14 +230,27 @@ class BackgroundRemover:
 
     def __repr__(self) -> str:
         engine = f"onnx on {self.provider}" if self._onnx is not None else "torch"
-        return f"BackgroundRemover(input_size={self.model.input_size}, device={self.device}, backend={engine})"
+        return (
+            f"BackgroundRemover(input_size={self.model.input_size}, device={self.device}, backend={engine}, "
+            f"precision={self.precision})"
+        )
 
     def _onnx_runner(
-        self, backend: Backend, model: str | Path | TiramisuNet | None, revision: str | None
+        self, backend: Backend, precision: Precision, model: str | Path | TiramisuNet | None, revision: str | None
     ) -> OnnxNet | None:
-        # "auto" is PyTorch, which needs no extra. It was 8% faster than ONNX Runtime at 224 px (142-151 vs
-        # 155-164 ms per 224x192 photo on 2 cores); at 320 px ONNX Runtime was 21% faster (benchmarks/speed.py,
-        # 2026-11-26), which the README states so that CPU users can choose it.
+        if backend == "auto":
+            # Measured end to end per 1024x768 photo on 2 cores (benchmarks/speed.py): PyTorch in bfloat16 185 ms,
+            # ONNX Runtime in float32 364 ms, PyTorch in float32 409 ms. So ONNX Runtime only where float32 is
+            # what runs, on the CPU, and only if it is installed; else PyTorch, which needs no extra.
+            float32 = precision == "float32" or (precision == "auto" and not cpu_has_bfloat16())
+            if self.device.type != "cpu" or not float32:
+                return None
+            try:
+                weights_dir = None if isinstance(model, TiramisuNet) else onnx_folder(model, revision)
+                return onnx_for(self.model, weights_dir=weights_dir, provider=onnx_provider(self.device))
+            except BackendUnavailableError as exc:
+                log.debug("backend 'auto' runs PyTorch: %s", exc)
+                return None
         if backend != "onnx":
             return None
         provider = onnx_provider(self.device, fall_back=self._device_chosen_automatically)
@@ -270,7 +290,9 @@ class BackgroundRemover:
             return torch.from_numpy(self._onnx(batch.numpy()))
         if self.device.type == "cpu":
             batch = batch.contiguous(memory_format=torch.channels_last)
-        return person_probability(self.model(batch.to(self.device)))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+            logits = self.model(batch.to(self.device))
+        return person_probability(logits)
 
     def predict_alpha(self, images: Sequence[ImageInput], *, refine: Refine | None = None) -> list[np.ndarray]:
         """Person probability as float32 arrays in [0, 1] at each image's oriented size."""
@@ -358,7 +380,7 @@ class BackgroundRemover:
         return self.remove(image)
 
 
-_default_removers: dict[tuple[str, str | None, str, str], BackgroundRemover] = {}
+_default_removers: dict[tuple[str, str | None, str, str, str], BackgroundRemover] = {}
 
 
 def remove_background(
@@ -373,6 +395,7 @@ def remove_background(
     refine: Refine = "guided",
     decontaminate: bool = False,
     backend: Backend = "auto",
+    precision: Precision = "auto",
 ) -> Image.Image:
     """Remove the background from a photo of people.
 
@@ -392,8 +415,10 @@ def remove_background(
         decontaminate: where alpha is partial, replace the photo's colours by the person's own
             estimated colours, so no tint of the old background (halo) shows on a new one. Off by
             default: it costs about as much as inference (about 130 ms per 1024x768 photo on 2 cores).
-        backend: ``"auto"`` (PyTorch), ``"torch"`` or ``"onnx"`` (ONNX Runtime on the CPU; needs
-            ``bgremove_plugin[onnx]``).
+        backend: ``"auto"`` (the fastest at hand, see :class:`BackgroundRemover`), ``"torch"`` or
+            ``"onnx"`` (ONNX Runtime; needs ``bgremove_plugin[onnx]``).
+        precision: ``"auto"`` (bfloat16 on CPUs that compute it natively, else float32), ``"float32"``
+            or ``"bfloat16"``.
 
     Returns:
         A PIL image of the input's oriented size: RGBA by default, RGB with ``background``, L with
@@ -410,16 +435,16 @@ def remove_background(
         >>> cutout.save("portrait.png")  # doctest: +SKIP
     """
     if isinstance(model, TiramisuNet):
-        remover = BackgroundRemover(model, device=device, backend=backend)
+        remover = BackgroundRemover(model, device=device, backend=backend, precision=precision)
     else:
-        key = (str(model) if model is not None else "<default>", revision, str(resolve_device(device)), backend)
+        key = (str(model) if model is not None else "<default>", revision, str(resolve_device(device)), backend, precision)
         cached = _default_removers.get(key)
         # load_model caches the network itself, so a race here only builds a second thin wrapper.
         remover = (
             cached
             if cached is not None
             else _default_removers.setdefault(
-                key, BackgroundRemover(model, revision=revision, device=device, backend=backend)
+                key, BackgroundRemover(model, revision=revision, device=device, backend=backend, precision=precision)
             )
         )
     return remover.remove(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
 from .errors import BgRemoveError
+from .precision import PRECISIONS
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -85,7 +86,13 @@ def _parser() -> argparse.ArgumentParser:
         "--backend",
         choices=["auto", "torch", "onnx"],
         default="auto",
-        help="inference engine: auto (default; PyTorch), torch, or onnx (ONNX Runtime; needs bgremove_plugin[onnx])",
+        help="inference engine: auto (default; the fastest at hand), torch, or onnx (ONNX Runtime; needs bgremove_plugin[onnx])",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="auto",
+        help="number format of the network: auto (default; bfloat16 on CPUs that compute it natively), float32 or bfloat16",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1; more helps on GPUs)")
     parser.add_argument("--overwrite", action="store_true",
@@ -258,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             refine=args.refine,
             backend=args.backend,
+            precision=args.precision,
         )
     except BgRemoveError as exc:
         err.write(f"bgremove: {exc}\n")
@@ -359,7 +367,8 @@ def _run_on_ray(args: argparse.Namespace, options: dict[str, object], image_form
     try:
         planned = ray_engine.plan(args.inputs, output, pattern=args.glob, suffix=suffix, overwrite=args.overwrite)
         remover_options = {"model": args.model, "revision": args.revision, "device": args.device,
-                           "batch_size": args.batch_size, "refine": args.refine, "backend": args.backend}
+                           "batch_size": args.batch_size, "refine": args.refine, "backend": args.backend,
+                           "precision": args.precision}
         failures = ray_engine.run(planned, output, remover_options=remover_options, cut_options=options,
                                   image_format=image_format, concurrency=args.concurrency, address=args.ray_address)
     except BgRemoveError as exc:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from . import __version__
 from .errors import BackendUnavailableError, BgRemoveError, InvalidArgumentError, InvalidImageError
+from .precision import PRECISIONS
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -137,7 +138,7 @@ def create_app(remover: "BackgroundRemover", *, limits: ServerLimits = ServerLim
         return {
             "status": "ok", "version": __version__, "weights": weights, "revision": revision,
             "device": str(remover.device), "backend": remover.backend, "provider": remover.provider,
-            "workers": limits.workers,
+            "precision": remover.precision, "workers": limits.workers,
             "queue": limits.queue, "max_pixels": limits.max_pixels, "max_bytes": limits.max_bytes,
         }
 
@@ -246,6 +247,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--revision", default=None)
     parser.add_argument("--device", default=os.environ.get("BGREMOVE_DEVICE", "auto"))
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    parser.add_argument("--precision", default="auto", choices=list(PRECISIONS))
     args = parser.parse_args(argv)
     if args.workers < 1 or args.queue < 0:
         parser.error("--workers must be at least 1 and --queue at least 0")
@@ -255,7 +257,9 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         raise BackendUnavailableError(f"bgremove serve needs uvicorn; {_INSTALL_HINT}") from exc
     from .api import BackgroundRemover
 
-    remover = BackgroundRemover(args.model, revision=args.revision, device=args.device, backend=args.backend)
+    remover = BackgroundRemover(
+        args.model, revision=args.revision, device=args.device, backend=args.backend, precision=args.precision
+    )
     limits = ServerLimits(max_pixels=args.max_pixels, max_bytes=args.max_bytes, workers=args.workers, queue=args.queue)
     app = create_app(remover, limits=limits, weights=args.model or "default", revision=args.revision)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

@@ -134,17 +134,22 @@ def test_unreadable_background_image_is_a_usage_error(tiny_weights: Path, tmp_pa
     assert not (tmp_path / "o.png").exists()
 
 
-def test_backend_option_selects_the_engine(tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_backend_and_precision_options_select_the_engine(
+    tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     masks = {}
-    for backend in ("torch", "onnx"):
-        out = tmp_path / f"{backend}.png"
+    for backend, precision in (("torch", "float32"), ("onnx", "float32"), ("torch", "bfloat16")):
+        out = tmp_path / f"{backend}-{precision}.png"
         args = [str(PORTRAIT), "-o", str(out), "--model", str(tiny_weights), "--device", "cpu", "--mask"]
-        assert main([*args, "--backend", backend]) == 0
-        masks[backend] = np.asarray(Image.open(out), dtype=np.int16)
-    assert np.abs(masks["torch"] - masks["onnx"]).max() <= 1
-    with pytest.raises(SystemExit) as usage:
-        main([str(PORTRAIT), "--backend", "tensorrt"])
-    assert usage.value.code == 2
+        assert main([*args, "--backend", backend, "--precision", precision]) == 0
+        masks[backend, precision] = np.asarray(Image.open(out), dtype=np.int16)
+    assert np.abs(masks["torch", "float32"] - masks["onnx", "float32"]).max() <= 1
+    bfloat16_change = np.abs(masks["torch", "bfloat16"] - masks["torch", "float32"])
+    assert bfloat16_change.max() > 0 and bfloat16_change.mean() < 2.0
+    for bad in (["--backend", "tensorrt"], ["--precision", "float16"]):
+        with pytest.raises(SystemExit) as usage:
+            main([str(PORTRAIT), *bad])
+        assert usage.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 
 

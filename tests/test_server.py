@@ -101,6 +101,8 @@ def test_health_names_the_weights_and_device(server: int, tiny_weights: Path) ->
     assert status == 200 and headers["content-type"] == "application/json"
     assert health["status"] == "ok" and health["weights"] == str(tiny_weights) and health["device"] == "cpu"
     assert (health["workers"], health["queue"], health["max_pixels"]) == (2, 32, MAX_PIXELS)
+    local = BackgroundRemover(tiny_weights, device="cpu")
+    assert (health["backend"], health["precision"]) == (local.backend, local.precision)
     assert _request(server, "GET", "/docs")[0] == 200 and _request(server, "GET", "/openapi.json")[0] == 200
 
 
