@@ -145,6 +145,50 @@ def test_frames_without_a_person_stay_transparent(tmp_path: Path) -> None:
     assert len(frames) == 6 and audio_streams == 0 and max(f[..., 3].mean() for f in frames) < 0.02 * 255
 
 
+ROOM_EMPTY = [range(55), range(452, 501)]
+"""Frames of one-by-one-person-detection.mp4 with nobody in the room (checked by eye on a contact sheet)."""
+ROOM_PERSON = range(100, 116)
+"""Frames with one person standing by the table, whole body, about a tenth of the picture."""
+
+
+def _excerpt(source: Path, keep: list[range], path: Path) -> tuple[Path, list[bool]]:
+    """The frames of ``source`` in ``keep``, re-encoded as one clip; for each, whether it is in ``ROOM_EMPTY``."""
+    wanted = {i for part in keep for i in part}
+    empty = []
+    with av.open(str(source)) as reader, av.open(str(path), "w") as writer:
+        stream = writer.add_stream("libx264", rate=10)
+        stream.width, stream.height = reader.streams.video[0].width, reader.streams.video[0].height
+        stream.pix_fmt = "yuv420p"
+        for i, frame in enumerate(reader.decode(video=0)):
+            if i > max(wanted):
+                break
+            if i in wanted:
+                picture = av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")
+                picture.pts = len(empty)
+                writer.mux(stream.encode(picture))
+                empty.append(any(i in part for part in ROOM_EMPTY))
+        writer.mux(stream.encode(None))
+    return path, empty
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped weights keep up to 2.6% of the empty room (the top of a grey pillar); the weights' "
+    "failure, to pass once better weights ship (the real-photos issue)",
+)
+def test_a_room_clip_is_transparent_while_nobody_is_in_it(tmp_path: Path) -> None:
+    source = shared_data_root() / "video" / "one-by-one-person-detection.mp4"
+    if not source.exists():
+        pytest.skip(f"the shared video clips are not at {source.parent}")
+    clip, empty = _excerpt(source, [*ROOM_EMPTY, ROOM_PERSON], tmp_path / "room.mp4")
+    remove_background_video(clip, tmp_path / "frames", remover=BackgroundRemover(device="cpu"))
+    kept = [float((np.asarray(Image.open(png))[..., 3] >= 128).mean()) for png in sorted((tmp_path / "frames").glob("*.png"))]
+    assert len(kept) == len(empty) == 55 + 49 + 16
+    worst_empty = max(share for share, nobody in zip(kept, empty) if nobody)
+    assert worst_empty < 0.005, f"{worst_empty:.1%} of an empty room kept"
+    assert min(share for share, nobody in zip(kept, empty) if not nobody) > 0.03, "the person standing in the room was lost"
+
+
 def test_a_real_webcam_clip_keeps_its_frames_and_size(tmp_path: Path) -> None:
     source = shared_data_root() / "video" / "asl_gestures" / "thanks.mkv"
     if not source.exists():
