@@ -238,6 +238,8 @@ class BackgroundRemover:
     def _onnx_runner(
         self, backend: Backend, precision: Precision, model: str | Path | TiramisuNet | None, revision: str | None
     ) -> OnnxNet | None:
+        if backend == "torch":
+            return None
         if backend == "auto":
             # Measured end to end per 1024x768 photo on 2 cores (benchmarks/speed.py): PyTorch in bfloat16 185 ms,
             # ONNX Runtime in float32 364 ms, PyTorch in float32 409 ms. So ONNX Runtime only where float32 is
@@ -245,17 +247,15 @@ class BackgroundRemover:
             float32 = precision == "float32" or (precision == "auto" and not cpu_has_bfloat16())
             if self.device.type != "cpu" or not float32:
                 return None
-            try:
-                weights_dir = None if isinstance(model, TiramisuNet) else onnx_folder(model, revision)
-                return onnx_for(self.model, weights_dir=weights_dir, provider=onnx_provider(self.device))
-            except BackendUnavailableError as exc:
-                log.debug("backend 'auto' runs PyTorch: %s", exc)
-                return None
-        if backend != "onnx":
+        try:
+            provider = onnx_provider(self.device, fall_back=self._device_chosen_automatically)
+            weights_dir = None if isinstance(model, TiramisuNet) else onnx_folder(model, revision)
+            return onnx_for(self.model, weights_dir=weights_dir, provider=provider)
+        except BackendUnavailableError as exc:
+            if backend == "onnx":
+                raise
+            log.debug("backend 'auto' runs PyTorch: %s", exc)
             return None
-        provider = onnx_provider(self.device, fall_back=self._device_chosen_automatically)
-        weights_dir = None if isinstance(model, TiramisuNet) else onnx_folder(model, revision)
-        return onnx_for(self.model, weights_dir=weights_dir, provider=provider)
 
     def predict_masks(self, images: Sequence[ImageInput], *, refine: Refine | None = None) -> list[Image.Image]:
         """Person probability as 8-bit 'L' masks (255 = person) at each image's oriented size."""
