@@ -989,6 +989,14 @@ def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None
     info = export(run_dir, tmp_path / "calibrated", calibrate_on=tmp_path, split_dir=tmp_path / "splits")
     assert 0.0 < info["calibration"]["threshold"] < 1.0  # type: ignore[index]
     assert info["calibration"]["sources"] == ["synthetic"]  # type: ignore[index]
+    # Blended with the weights it was exported as, a checkpoint keeps its weights.
+    info = export(
+        run_dir, tmp_path / "blended", blend_with=tmp_path / "exported", blend_share=0.3, data_root=tmp_path,
+        split_dir=tmp_path / "splits",
+    )
+    assert info["blend"] == {"with": str(tmp_path / "exported"), "share_of_checkpoint": 0.3}
+    blended, alone = load_model(tmp_path / "blended").state_dict(), load_model(tmp_path / "exported").state_dict()
+    torch.testing.assert_close(blended[weight_key], alone[weight_key], atol=1e-3, rtol=1e-3)
     # A source marked ``calibrate`` joins the fit without joining validation; one marked neither stays out.
     make_folder_source(tmp_path / "other")
     config = json.loads((run_dir / "config.json").read_text())
@@ -996,6 +1004,39 @@ def test_cli_records_config_and_commit_then_export_loads(tmp_path: Path) -> None
     (run_dir / "config.json").write_text(json.dumps(config))
     info = export(run_dir, tmp_path / "calibrated", calibrate_on=tmp_path, split_dir=tmp_path / "splits")
     assert info["calibration"]["sources"] == ["synthetic", "other/synthetic"]  # type: ignore[index]
+    assert info["calibration"]["photos_without_people"] == 0  # type: ignore[index]
+    # A source of scenes without people joins the fit, as its own group, only when marked ``calibrate``.
+    scenes = make_folder_source(tmp_path / "scenes", count=12)
+    for mask in (scenes / "masks").glob("*.png"):
+        Image.new("L", Image.open(mask).size, 0).save(mask)
+    config["sources"].append({"path": "scenes/synthetic", "validate": False, "empty_only": True})
+    (run_dir / "config.json").write_text(json.dumps(config))
+    info = export(run_dir, tmp_path / "calibrated", calibrate_on=tmp_path, split_dir=tmp_path / "splits")
+    assert info["calibration"]["photos_without_people"] == 0  # type: ignore[index]
+    config["sources"][-1]["calibrate"] = True
+    (run_dir / "config.json").write_text(json.dumps(config))
+    info = export(run_dir, tmp_path / "calibrated", calibrate_on=tmp_path, split_dir=tmp_path / "splits")
+    scene_val = (tmp_path / "splits" / "synthetic_val.txt").read_text().split()
+    assert info["calibration"]["photos_without_people"] == len(scene_val) > 0  # type: ignore[index]
+    assert info["calibration"]["sources"] == ["synthetic", "other/synthetic"]  # type: ignore[index]
+
+
+def test_blend_weights_mixes_two_networks_and_refuses_a_different_one(tmp_path: Path) -> None:
+    from bgremove_plugin.model import TiramisuNet
+    from train.export import blend_weights
+
+    torch.manual_seed(0)
+    shape = {"down_layers": [1], "bottleneck_layers": 1, "growth_rate": 4, "first_conv_channels": 8, "pad_multiple": 32}
+    start, tuned = TiramisuNet(**shape), TiramisuNet(**shape)  # type: ignore[arg-type]
+    start.save_pretrained(tmp_path / "start")
+    expected = 0.25 * tuned.classifier.weight.detach() + 0.75 * start.classifier.weight.detach()
+    blend_weights(tuned, tmp_path / "start", 0.25)
+    torch.testing.assert_close(tuned.classifier.weight.detach(), expected)
+    TiramisuNet(**{**shape, "growth_rate": 6}).save_pretrained(tmp_path / "wider")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="different network"):
+        blend_weights(tuned, tmp_path / "wider", 0.5)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        blend_weights(tuned, tmp_path / "start", 0.0)
 
 
 def test_calibration_moves_the_decision_point_to_the_best_threshold() -> None:
@@ -1015,6 +1056,18 @@ def test_calibration_moves_the_decision_point_to_the_best_threshold() -> None:
     assert threshold <= 0.35 and iou == pytest.approx(0.75)
     with pytest.raises(ValueError, match="at least one validation photo"):
         best_threshold([([], [])])
+
+    # People alone want the lowest threshold; a scene without people whose 60% sits at the same probability
+    # pulls it up, because keeping that background now costs as much as losing half a person.
+    split_person = np.where(truth > 0, np.where(np.arange(8)[:, None] < 4, 0.3, 0.7), 0.1)
+    empty_scene = np.where(np.arange(64).reshape(8, 8) < 38, 0.3, 0.05)
+    threshold, score, _ = best_threshold([([split_person], [truth])])
+    assert threshold == pytest.approx(0.3) and score == 1.0
+    threshold, score, score_at_half = best_threshold([([split_person], [truth])], without_people=[empty_scene])
+    assert threshold == 0.5 and score == score_at_half == pytest.approx((0.5 + 1.0) / 2)
+    # Each scene scores the share of it left out, not an IoU that one kept pixel would zero.
+    _, score, _ = best_threshold([([truth / 255.0], [truth])], without_people=[np.where(np.arange(64).reshape(8, 8) < 1, 0.9, 0.0)])
+    assert score == pytest.approx((1.0 + 63 / 64) / 2)
 
     torch.manual_seed(0)
     model = TiramisuNet(down_layers=[1], bottleneck_layers=1, growth_rate=4, first_conv_channels=8, pad_multiple=32).eval()

@@ -3,6 +3,7 @@
 Examples:
     python -m train.candidate --run-dir train/runs/cpu-fcdn56 --out /tmp/candidate            # best.pt
     python -m train.candidate --run-dir train/runs/cpu-fcdn56 --checkpoint last.pt --out /tmp/c41
+    python -m train.candidate --run-dir train/runs/coco-fcdn56 --checkpoint last.pt --blend-with /tmp/e140 --out /tmp/b
     python -m train.candidate --weights bgremove_plugin/weights --out /tmp/shipped               # the baseline
     python -m train.candidate --report /tmp/c41/summary.json --compare other/candidate.json     # no measuring
     .peers/venv/bin/python -m train.candidate --run-dir train/runs/coco-fcdn56 --out /tmp/c --peers reports/peers
@@ -283,6 +284,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="only the photos without people (minutes, not a quarter of an hour, for the slow peers)")
     parser.add_argument("--checkpoint", default="best.pt",
                         help="best.pt (default) or last.pt")
+    parser.add_argument("--blend-with", type=Path, metavar="FOLDER",
+                        help="with --run-dir: export the checkpoint mixed with these weights (train.export --blend-with)")
+    parser.add_argument("--blend-share", type=float, default=0.5,
+                        help="the checkpoint's part of the --blend-with mix (default %(default)s)")
     parser.add_argument("--out", type=Path, help="where the weights and summary.json go (required unless --report)")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--peers", type=Path, metavar="FOLDER",
@@ -313,7 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.run_dir is not None:
         weights = exported = args.out / "weights"
         info = export(
-            args.run_dir, exported, checkpoint=args.checkpoint, calibrate_on=root, data_root=root
+            args.run_dir, exported, checkpoint=args.checkpoint, calibrate_on=root, data_root=root,
+            blend_with=args.blend_with, blend_share=args.blend_share,
         )
     report = {"checkpoint": info, **measure(weights, root, with_people=not args.without_people_only)}
     (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")

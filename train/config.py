@@ -36,7 +36,8 @@ class SourceConfig:
     (``train.bystanders``). Training photos only; validation keeps the labels as they are."""
     calibrate: bool = False
     """Whether its val split also fits the exported model's decision threshold (validated sources always
-    do): pseudo-labelled portraits, so that the threshold is not CCP's alone. Training ignores it."""
+    do): pseudo-labelled portraits, so that the threshold is not CCP's alone; on an ``empty_only`` source,
+    its scenes without people, so that the threshold pays for background kept. Training ignores it."""
     train_only: bool = False
     """Every photo of the source trains and none validates or tests, and no split list is written: photos with
     no human masks to score against (COCO's multi-person photos, labelled by ``train.groups``)."""
@@ -175,7 +176,8 @@ def _named_configs() -> dict[str, TrainConfig]:
                 ignore_regions="train/pseudo_labels/coco_people_groups/unlabelled", train_only=True,
             ),
             *copy.deepcopy(PSEUDO_LABELLED_PEOPLE),
-            copy.deepcopy(NEGATIVES),
+            # COCO's people pull the fitted threshold down to where scenes without people pay for it too.
+            dataclasses.replace(NEGATIVES, calibrate=True),
         ],
         epochs=100000,
         samples_per_epoch=1000,

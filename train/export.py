@@ -19,7 +19,7 @@ from bgremove_plugin.onnx_backend import ONNX_NAME, export_onnx
 
 from .calibrate import best_threshold, shift_person_logit
 from .config import SourceConfig, TrainConfig, config_from_dict, model_kwargs
-from .data import load_set
+from .data import LoadedSet, load_set
 from .datasets import source_splits
 from .sources import SPLIT_DIR
 from .trainer import calibration_images, predict_probabilities, recalibrate_batchnorm
@@ -52,26 +52,52 @@ def _logged_val_iou(metrics: Path, epoch: int) -> float | None:
     return next((row["val_iou"] for row in reversed(rows) if row["epoch"] == epoch), None)
 
 
+def blend_weights(model: TiramisuNet, other: Path, share: float) -> None:
+    """Set ``model``'s weights, in place, to ``share`` of themselves plus ``1 - share`` of those in the
+    weights folder ``other`` (the same network): a fine-tuned checkpoint blended with the weights it started
+    from keeps most of what it learnt and gives back most of what it forgot (WiSE-FT; docs/experiments.md).
+    BatchNorm statistics come out meaningless and must be re-estimated."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"the checkpoint's share of a blend must be in (0, 1], got {share}")
+    base = build_from_folder(other).state_dict()
+    own = model.state_dict()
+    if base.keys() != own.keys() or any(base[key].shape != own[key].shape for key in own):
+        raise ValueError(f"{other} holds a different network than the checkpoint; only the same one blends")
+    model.load_state_dict({
+        key: share * value + (1.0 - share) * base[key].to(value.dtype) if value.is_floating_point() else value
+        for key, value in own.items()
+    })
+
+
 def _calibrate(model: TiramisuNet, data_root: Path, run_dir: Path, split_dir: Path | None) -> dict[str, object]:
-    """Fit the decision threshold on the run's validation photos: those of its sources with ``validate``
-    or ``calibrate``, each source weighing the same (:func:`train.calibrate.best_threshold`)."""
+    """Fit the decision threshold on the run's validation photos: those of its sources with people marked
+    ``validate`` or ``calibrate``, each source weighing the same, and, as one more group of the same weight,
+    those of its ``empty_only`` sources marked ``calibrate`` (:func:`train.calibrate.best_threshold`)."""
     config_path = run_dir / "config.json"
     cfg = config_from_dict(json.loads(config_path.read_text())) if config_path.exists() else TrainConfig(
         sources=[SourceConfig("ccp")]
     )
-    chosen = [source for source in cfg.sources if source.validate or source.calibrate]
+    chosen = [source for source in cfg.sources if (source.validate or source.calibrate) and not source.empty_only]
+    empty = [source for source in cfg.sources if source.calibrate and source.empty_only]
     model.eval()
+    device = torch.device("cpu")
+
+    def val_set(source: SourceConfig) -> LoadedSet:
+        return load_set(source_splits(source, cfg.split_seed, data_root, split_dir or SPLIT_DIR)["val"])
+
     groups = []
     for source in chosen:
-        val = load_set(source_splits(source, cfg.split_seed, data_root, split_dir or SPLIT_DIR)["val"])
-        groups.append((predict_probabilities(model, val.images, torch.device("cpu")), val.masks))
-    threshold, iou, iou_at_half = best_threshold(groups)
+        val = val_set(source)
+        groups.append((predict_probabilities(model, val.images, device), val.masks))
+    without_people = [p for source in empty for p in predict_probabilities(model, val_set(source).images, device)]
+    threshold, score, score_at_half = best_threshold(groups, without_people=without_people)
     shift_person_logit(model, threshold)
     return {
         "threshold": threshold,
-        "val_iou_at_threshold": round(iou, 4),
-        "val_iou_at_0.5": round(iou_at_half, 4),
+        "val_score_at_threshold": round(score, 4),
+        "val_score_at_0.5": round(score_at_half, 4),
         "sources": [source.path for source in chosen],
+        "photos_without_people": len(without_people),
     }
 
 
@@ -86,12 +112,17 @@ def export(
     split_dir: Path | None = None,
     onnx: bool = False,
     alpha_range: tuple[float, float] = DEFAULT_ALPHA_RANGE,
+    blend_with: Path | None = None,
+    blend_share: float = 0.5,
 ) -> dict[str, object]:
     """Write the weights folder and return the checkpoint's metadata (epoch, val IoU, samples seen).
 
     ``best.pt`` holds the weights that scored best on validation; ``last.pt`` holds the latest training
     state, whose BatchNorm statistics come from augmented crops, so they are re-estimated on the run's clean
-    photos (needs ``data_root``) as validation and ``best.pt`` do. ``onnx`` also writes ``model.onnx`` for the ONNX Runtime backend.
+    photos (needs ``data_root``) as validation and ``best.pt`` do. ``blend_with`` (a weights folder of the
+    same network) mixes the checkpoint with it, ``blend_share`` being the checkpoint's part
+    (:func:`blend_weights`; BatchNorm is re-estimated then too). ``onnx`` also writes ``model.onnx`` for the
+    ONNX Runtime backend.
     """
     if checkpoint == "last.pt":
         saved = _weights_from_training_state(run_dir / checkpoint)
@@ -99,10 +130,13 @@ def export(
         saved = torch.load(run_dir / checkpoint, map_location="cpu", weights_only=True)
     model = TiramisuNet(**{**saved["model_kwargs"], "alpha_range": list(alpha_range)})
     model.load_state_dict(saved["state_dict"], strict=True)
-    if checkpoint == "last.pt":
+    if blend_with is not None:
+        blend_weights(model, blend_with, blend_share)
+    if checkpoint == "last.pt" or blend_with is not None:
         if data_root is None:
-            raise ValueError("exporting last.pt re-estimates BatchNorm on the training photos: pass data_root")
-        cfg = config_from_dict(saved["config"])
+            raise ValueError("exporting last.pt or a blend re-estimates BatchNorm on the training photos: pass data_root")
+        # best.pt does not carry the run's config; last.pt's is the one it trained with.
+        cfg = config_from_dict(saved["config"] if "config" in saved else json.loads((run_dir / "config.json").read_text()))
         photos = calibration_images(cfg, data_root, split_dir or SPLIT_DIR)
         model = recalibrate_batchnorm(model, photos, torch.device("cpu"))
     calibration = _calibrate(model, calibrate_on, run_dir, split_dir) if calibrate_on else None
@@ -113,6 +147,8 @@ def export(
     model.save_pretrained(out)
     info = {key: saved[key] for key in ("epoch", "val_iou", "samples_seen")}
     info["run"] = run_dir.name
+    if blend_with is not None:
+        info["blend"] = {"with": str(blend_with), "share_of_checkpoint": blend_share}
     if calibration:
         info["calibration"] = calibration
     info["checkpoint"] = checkpoint
@@ -137,6 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibrate", action="store_true", help="fit the decision threshold on the run's validation split")
     parser.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE, metavar=("LOW", "HIGH"),
                         help="probabilities at or below LOW give alpha 0, at or above HIGH alpha 1 (default 0.2 0.8)")
+    parser.add_argument("--blend-with", type=Path, metavar="FOLDER",
+                        help="mix the checkpoint with these weights (the same network; e.g. the ones it was fine-tuned from)")
+    parser.add_argument("--blend-share", type=float, default=0.5,
+                        help="the checkpoint's part of the --blend-with mix, in (0, 1] (default %(default)s)")
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs bgremove_plugin[onnx])")
     parser.add_argument("--data-root", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -147,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     info = export(
         args.run_dir, args.out, fp16=args.fp16, checkpoint=args.checkpoint,
         calibrate_on=calibrate_on, data_root=root, onnx=args.onnx,
-        alpha_range=tuple(args.alpha_range),
+        alpha_range=tuple(args.alpha_range), blend_with=args.blend_with, blend_share=args.blend_share,
     )
     print(json.dumps(info))
 
