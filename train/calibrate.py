@@ -6,7 +6,7 @@ shipped model's 0.5 is that t and its soft alpha moves with it. Only validation 
 test split stays untouched. Fitted on CCP alone, t was 0.625 for the shipped network, and people it is less
 sure of in other photos fell below it; portraits' validation photos now weigh as much (docs/experiments.md).
 Fitted on people alone, the threshold only ever pays for a missed person, never for a kept background: on
-COCO's people it fell to 0.35 and the scenes without people kept four times what the shipped weights keep.
+COCO's people it fell to 0.30-0.40 and the scenes without people kept four times what the shipped weights keep.
 A run's validation photos without people are therefore one more group, scored by the share of each picture
 left out (docs/experiments.md, "The decision point with the scenes without people").
 """

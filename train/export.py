@@ -69,14 +69,19 @@ def blend_weights(model: TiramisuNet, other: Path, share: float) -> None:
     })
 
 
+def _run_config(run_dir: Path) -> TrainConfig:
+    """The run folder's config.json (with any edits made between sessions); CCP alone for a folder without one."""
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        return config_from_dict(json.loads(config_path.read_text()))
+    return TrainConfig(sources=[SourceConfig("ccp")])
+
+
 def _calibrate(model: TiramisuNet, data_root: Path, run_dir: Path, split_dir: Path | None) -> dict[str, object]:
     """Fit the decision threshold on the run's validation photos: those of its sources with people marked
     ``validate`` or ``calibrate``, each source weighing the same, and, as one more group of the same weight,
     those of its ``empty_only`` sources marked ``calibrate`` (:func:`train.calibrate.best_threshold`)."""
-    config_path = run_dir / "config.json"
-    cfg = config_from_dict(json.loads(config_path.read_text())) if config_path.exists() else TrainConfig(
-        sources=[SourceConfig("ccp")]
-    )
+    cfg = _run_config(run_dir)
     chosen = [source for source in cfg.sources if (source.validate or source.calibrate) and not source.empty_only]
     empty = [source for source in cfg.sources if source.calibrate and source.empty_only]
     model.eval()
@@ -136,7 +141,7 @@ def export(
         if data_root is None:
             raise ValueError("exporting last.pt or a blend re-estimates BatchNorm on the training photos: pass data_root")
         # best.pt does not carry the run's config; last.pt's is the one it trained with.
-        cfg = config_from_dict(saved["config"] if "config" in saved else json.loads((run_dir / "config.json").read_text()))
+        cfg = config_from_dict(saved["config"]) if "config" in saved else _run_config(run_dir)
         photos = calibration_images(cfg, data_root, split_dir or SPLIT_DIR)
         model = recalibrate_batchnorm(model, photos, torch.device("cpu"))
     calibration = _calibrate(model, calibrate_on, run_dir, split_dir) if calibrate_on else None
