@@ -22,6 +22,7 @@ from train.data import (
     LoadedSet,
     TrainingStream,
     augment,
+    away_closeup,
     closeup,
     crowd_scene,
     load_set,
@@ -501,6 +502,52 @@ def test_closeups_change_only_photos_without_people() -> None:
     # The enlarged window's ramp is flatter: smaller steps between neighbouring columns, on average
     # (single crops vary with scale jitter and the padding of crops past the photo's edge).
     assert len(zoomed_steps) > 5 and np.mean(zoomed_steps) < 0.7 * np.mean(plain_steps)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_window_without_people_clears_the_person_and_the_left_out_by_the_margin(seed: int) -> None:
+    # A labelled subject (columns 15-44) and a passer-by left out (80-99), both the photo's full height, on a
+    # background that grows brighter to the right, so that a window's columns can be read from its pixels.
+    ramp = np.linspace(0, 255, 300)
+    image = np.zeros((200, 300, 3), dtype=np.uint8)
+    image[..., 1] = ramp.astype(np.uint8)[None, :]
+    subject, region = np.zeros((200, 300), dtype=np.uint8), np.zeros((200, 300), dtype=np.uint8)
+    subject[:, 15:45], region[:, 80:100] = 255, 255
+    image[(subject > 0) | (region > 0), 0] = 255
+    window = away_closeup(image, subject, np.random.default_rng(seed), region)
+    assert window is not None and window.shape == image.shape and window.dtype == np.uint8
+    assert not (window[..., 0] > 127).any()  # no red: no one labelled, no one left out
+    # The margin (6% of 300 px = 18 px) leaves no room between the two: only columns from 100 + 18 on.
+    assert window[..., 1].min() >= ramp[118] - 2
+
+
+def test_a_photo_filled_with_people_has_no_window_without_them() -> None:
+    image, mask = _red_person(160, 90)
+    assert away_closeup(image, np.full_like(mask, 255), np.random.default_rng(0)) is None
+    ramp = np.tile(np.linspace(0, 255, 90).astype(np.uint8)[None, :, None], (160, 1, 3))
+    assert away_closeup(ramp, np.zeros_like(mask), np.random.default_rng(0)) is not None
+
+
+def test_windows_without_people_replace_only_draws_of_human_labelled_photos_and_are_taught_as_background() -> None:
+    image, subject, region = _subject_and_bystander(200, 300)
+    human = LoadedSet(["h"], [image], [subject], name="human", ignore_regions=[region])
+    soft = subject.copy()
+    soft[soft > 0] = 200
+    taught = LoadedSet(["t"], [image], [soft], name="teacher", ignore_band=0.2)
+    cfg = AugmentConfig(patch_size=64, input_size=96, portrait_prob=0.0, composite_prob=0.0, away_prob=1.0)
+    away = TrainingStream(EpochSampler([human, taught], seed=0), 0, 60, cfg, [])
+    plain = TrainingStream(EpochSampler([human, taught], seed=0), 0, 60, dataclasses.replace(cfg, away_prob=0.0), [])
+    assert away.away_set_ids == {0} and plain.away_set_ids == set()
+    emptied = 0
+    for i, (set_id, _) in enumerate(away.draws):
+        (away_image, away_mask), (plain_image, plain_mask) = away[i], plain[i]
+        if set_id == 1:
+            assert torch.equal(away_image, plain_image) and torch.equal(away_mask, plain_mask)
+        else:
+            # every pixel is a trained background pixel: no person, nothing left out of the loss
+            assert not away_mask.any()
+            emptied += 1
+    assert emptied > 10
 
 
 def _write_coco_boxes(folder: Path, photos: dict[str, tuple[int, int]], boxes: list[tuple[str, str, list[float], int]]) -> None:

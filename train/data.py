@@ -56,6 +56,13 @@ class AugmentConfig:
     teddy bear), where it has any, instead of a random window, which mostly misses the objects. Random
     windows fixed the coffee cup but not the close-up cat: it swung between 0.05 and 0.65 of its pixels
     marked person from one checkpoint to the next (epochs 101-111)."""
+    away_prob: float = 0.0
+    """Share of the draws of human-labelled photos with people (hard masks, no teacher band) that become a
+    close-up of a window holding no one: 30-60% of the sides, clear of every labelled person and every region
+    the label leaves out by a margin, enlarged to the photo's size and taught as background. The 46 training
+    scenes without people are too few: trained on them, weights kept up to 0.03 of the held-out scenes, most of
+    it on a few person-like things (a dark silhouette, a pole, teddy bears); the photos with people hold
+    thousands of streets, rooms and objects that are only ever seen beside a person."""
     flip_prob: float = 0.5
     grayscale_prob: float = 0.08
     blur_prob: float = 0.15
@@ -186,8 +193,43 @@ def closeup(image: np.ndarray, rng: np.random.Generator, around: Box | None = No
         centre_y = (top_f + bottom_f) / 2 * height + rng.uniform(-0.1, 0.1) * box_h
         left = int(np.clip(round(centre_x - box_w / 2), 0, width - box_w))
         top = int(np.clip(round(centre_y - box_h / 2), 0, height - box_h))
+    return _enlarged(image, top, left, box_h, box_w)
+
+
+def _enlarged(image: np.ndarray, top: int, left: int, box_h: int, box_w: int) -> np.ndarray:
+    """The window of ``image`` at (``top``, ``left``) of ``box_h`` x ``box_w`` pixels resized to ``image``'s size."""
+    height, width = image.shape[:2]
     window = Image.fromarray(image[top : top + box_h, left : left + box_w])
     return np.asarray(window.resize((width, height), Image.Resampling.BILINEAR))
+
+
+AWAY_MARGIN = 0.06
+"""Clearance, as a share of the photo's long side, between a window without people and anyone labelled or
+left out: polygons are coarse and hair, fingers and shadows reach past them."""
+
+
+def away_closeup(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, left_out: np.ndarray | None = None, tries: int = 12
+) -> np.ndarray | None:
+    """A window of ``image`` of 30-60% of the sides (its aspect ratio) that holds no pixel of ``mask`` above 0
+    nor of ``left_out`` above 127, both grown by ``AWAY_MARGIN``, enlarged to ``image``'s size; None when
+    ``tries`` random windows all touch someone."""
+    height, width = mask.shape
+    occupied = mask > 0
+    if left_out is not None:
+        occupied |= left_out > 127
+    grow = max(1, round(max(height, width) * AWAY_MARGIN))
+    # Summed-area table: the occupied pixels of any window, grown by the margin, in four lookups.
+    table = np.pad(occupied.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    for _ in range(tries):
+        fraction = rng.uniform(0.3, 0.6)
+        box_h, box_w = max(1, round(height * fraction)), max(1, round(width * fraction))
+        top, left = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
+        y0, x0 = max(top - grow, 0), max(left - grow, 0)
+        y1, x1 = min(top + box_h + grow, height), min(left + box_w + grow, width)
+        if table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0] == 0:
+            return _enlarged(image, top, left, box_h, box_w)
+    return None
 
 
 def _feathered(part: np.ndarray, part_mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -354,11 +396,12 @@ class TrainingStream(torch.utils.data.Dataset):
         self.epoch = epoch
         self.cfg = cfg
         self.backgrounds = backgrounds
-        # Crowds take people with hard human labels only: a teacher's soft edges would need their ignore band.
-        crowd_ids = [
-            i for i, s in enumerate(self.sets) if s.ignore_band == 0 and bool((s.mask_peaks > 127).any())
-        ] if cfg.crowd_prob > 0 and backgrounds else []
+        # Crowds and windows without people take photos with hard human labels only: a teacher's soft edges
+        # would need their ignore band, and a teacher may miss someone a window would then teach as background.
+        human_ids = [i for i, s in enumerate(self.sets) if s.ignore_band == 0 and bool((s.mask_peaks > 127).any())]
+        crowd_ids = human_ids if cfg.crowd_prob > 0 and backgrounds else []
         self.crowd_set_ids = frozenset(crowd_ids)
+        self.away_set_ids = frozenset(human_ids if cfg.away_prob > 0 else [])
         self.crowd_sets = [self.sets[i] for i in crowd_ids]
         # Read here, in the main process, so that data-loader workers inherit the scan instead of each repeating it.
         self.empty_masks = [s.mask_peaks == 0 for s in self.sets]
@@ -382,6 +425,10 @@ class TrainingStream(torch.utils.data.Dataset):
             if self.cfg.closeup_prob > 0 and self.empty_masks[set_id][index] and rng.random() < self.cfg.closeup_prob:
                 image = closeup(image, rng, self._object_box(chosen, index, rng))
                 region = None  # the enlarged window no longer lines up with it
+            elif set_id in self.away_set_ids and rng.random() < self.cfg.away_prob:
+                window = away_closeup(image, mask, rng, region)
+                if window is not None:
+                    image, mask, region = window, np.zeros_like(mask), None
             image, mask = augment(image, mask, self.cfg, rng, self.backgrounds, chosen.ignore_band, region)
         return torch.from_numpy(normalize(image, self.cfg.mean, self.cfg.std)), torch.from_numpy(mask.astype(np.int64))
 
