@@ -101,6 +101,9 @@ def test_the_candidate_report_can_measure_only_the_photos_without_people(
     assert set(report) == {"checkpoint", "no_person_mean_alpha", "scenes_without_people", "object_closeups"}
     # 21 held-out scenes; 75 annotated objects in them of at least 12% of the photo's longer side (2026-12-05)
     assert report["scenes_without_people"]["images"] == 21 and report["object_closeups"]["images"] == 75
+    per_scene = report["scenes_without_people"]["per_image_alpha"]
+    assert len(per_scene) == 21 and "000000000359" in per_scene and all(0 <= a <= 1 for a in per_scene.values())
+    assert abs(np.mean(list(per_scene.values())) - report["scenes_without_people"]["mean_alpha"]) < 1e-3
     assert all(0 <= alpha <= 1 for alpha in report["no_person_mean_alpha"].values())
     assert "mean IoU" not in capsys.readouterr().out
 

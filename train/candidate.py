@@ -80,12 +80,16 @@ def object_closeups(root: Path, scenes: list[Path]) -> list[np.ndarray]:
     return windows
 
 
-def _alpha_summary(alphas: list[float]) -> dict[str, object]:
-    return {
+def _alpha_summary(alphas: list[float], names: list[str] | None = None) -> dict[str, object]:
+    summary: dict[str, object] = {
         "images": len(alphas),
         "mean_alpha": round(float(np.mean(alphas)), 4),
         "share_above_0.25": round(float(np.mean([a > 0.25 for a in alphas])), 3),
     }
+    if names is not None:
+        # A few scenes carry most of what every model keeps: per photo, two reports say which ones moved.
+        summary["per_image_alpha"] = {name: round(alpha, 4) for name, alpha in zip(names, alphas)}
+    return summary
 
 
 def measure_without_people(predict: Predictor, root: Path) -> dict[str, object]:
@@ -96,7 +100,9 @@ def measure_without_people(predict: Predictor, root: Path) -> dict[str, object]:
         "no_person_mean_alpha": {
             Path(photo).name: round(float(np.mean(predict(REPO / photo))), 4) for photo in NO_PERSON_PHOTOS
         },
-        "scenes_without_people": _alpha_summary([float(np.mean(predict(photo))) for photo in scenes]),
+        "scenes_without_people": _alpha_summary(
+            [float(np.mean(predict(photo))) for photo in scenes], [photo.stem for photo in scenes]
+        ),
         "object_closeups": _alpha_summary([float(np.mean(predict(window))) for window in object_closeups(root, scenes)]),
     }
 
@@ -212,7 +218,11 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{row['share_iou_below_0.5']:.0%} | {areas} |"
             )
     print(f"no-person photos, mean alpha: {report['no_person_mean_alpha']}")
-    print(f"coco128 val/test scenes without people: {report['scenes_without_people']}")
+    scenes = report["scenes_without_people"]
+    print(f"coco128 val/test scenes without people: { {k: v for k, v in scenes.items() if k != 'per_image_alpha'} }")
+    most_kept = sorted(scenes.get("per_image_alpha", {}).items(), key=lambda item: -item[1])[:4]
+    if most_kept:
+        print("  keeping the most: " + ", ".join(f"{stem} {alpha}" for stem, alpha in most_kept))
     print(f"close-ups of their annotated objects: {report['object_closeups']}")
 
 
