@@ -1324,3 +1324,40 @@ def test_the_gpu_data_copy_refuses_a_mask_filter_it_cannot_apply(
 
 
 
+
+
+def test_the_training_data_copy_keeps_partly_labelled_folders_whole(tmp_path: Path) -> None:
+    from train.cache import downscale_folder
+
+    source = tmp_path / "source"
+    (source / "images").mkdir(parents=True)
+    (source / "masks").mkdir()
+    (source / "annotations").mkdir()
+    for stem in ("a", "b", "c"):
+        Image.new("RGB", (640, 400), (10, 20, 30)).save(source / "images" / f"{stem}.jpg")
+    Image.new("L", (640, 400), 255).save(source / "masks" / "a.png")
+    (source / "annotations" / "instances.json").write_text(json.dumps({"categories": [], "annotations": []}))
+    (source / "annotations" / "captions.json").write_text(json.dumps({"annotations": []}))
+
+    copied = downscale_folder(source, tmp_path / "copy", 320, quality=75)
+
+    assert copied == 3, "photos without a mask (boxes or pseudo-labels only) are copied too"
+    assert sorted(p.name for p in (tmp_path / "copy" / "images").iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [p.name for p in (tmp_path / "copy" / "masks").iterdir()] == ["a.png"]
+    assert Image.open(tmp_path / "copy" / "images" / "b.jpg").size == (320, 200)
+    assert Image.open(tmp_path / "copy" / "masks" / "a.png").size == (320, 200)
+    assert [p.name for p in (tmp_path / "copy" / "annotations").iterdir()] == ["instances.json"]
+    assert downscale_folder(source, tmp_path / "some", 320, only_stems={"b"}) == 1
+
+
+def test_full_size_pseudo_labels_fit_a_downscaled_copy_of_a_thin_photo(tmp_path: Path) -> None:
+    # 400x133 scaled to a long side of 320 rounds to 320x106: the ratio moves by more than 1%.
+    Image.new("RGB", (320, 106)).save(tmp_path / "thin.jpg")
+    Image.new("L", (400, 133), 255).save(tmp_path / "thin.png")
+    Image.new("L", (400, 300), 255).save(tmp_path / "other.png")
+
+    loaded = load_set([Sample("thin", tmp_path / "thin.jpg", tmp_path / "thin.png")], long_side=320)
+
+    assert loaded.masks[0].shape == (106, 320) and loaded.masks[0].min() == 255
+    with pytest.raises(ValueError, match="its image is"):
+        load_set([Sample("thin", tmp_path / "thin.jpg", tmp_path / "other.png")], long_side=320)

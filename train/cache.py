@@ -4,8 +4,8 @@ A GPU trains faster than it can decode full-size photos; a long-side-320 copy of
 30 MB, JPEG 75) is all the training reads at a 320-pixel working resolution (``cache_long_side``), and it
 is quick to copy to another machine. The copy is git-ignored (``data_cache/``).
 
-Folders without masks/ (the photos behind the committed pseudo-labels) are copied image by image; their
-masks stay in ``train/pseudo_labels/`` and are resized to the copies when loaded. ``--only-with-masks``
+Every photo is copied, with its mask where the folder has one; pseudo-label masks stay in
+``train/pseudo_labels/`` and are resized to the copies when loaded. ``--only-with-masks``
 names such a pseudo-label folder: photos it has no mask for are never read in training, so they are left out.
 
 Example:
@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -29,28 +30,28 @@ from .sources import data_root
 def downscale_folder(
     source: Path, target: Path, long_side: int, *, quality: int = 92, only_stems: set[str] | None = None
 ) -> int:
-    """Copy ``source`` at ``long_side``: image/mask pairs, or every image (of ``only_stems``, when given)
-    when it has no masks/ at all."""
-    labelled = (source / "masks").is_dir()
+    """Copy ``source``'s images (of ``only_stems``, when given) at ``long_side``, each with its mask where it
+    has one: a folder may be labelled in part (coco_people's multi-person photos have boxes, no masks, and
+    train on pseudo-labels kept elsewhere)."""
     (target / "images").mkdir(parents=True, exist_ok=True)
-    if labelled:
-        (target / "masks").mkdir(parents=True, exist_ok=True)
     count = 0
     for image_path in sorted((source / "images").glob("*.jpg")):
-        mask_path = source / "masks" / f"{image_path.stem}.png"
-        if labelled and not mask_path.exists():
-            continue
         if only_stems is not None and image_path.stem not in only_stems:
             continue
         image = Image.open(image_path).convert("RGB")
         size = scaled_size(image.width, image.height, long_side)
         image.resize(size, Image.Resampling.LANCZOS).save(target / "images" / image_path.name, quality=quality)
-        if labelled:
+        mask_path = source / "masks" / f"{image_path.stem}.png"
+        if mask_path.exists():
+            (target / "masks").mkdir(exist_ok=True)
             Image.open(mask_path).convert("L").resize(size, Image.Resampling.BILINEAR).save(target / "masks" / mask_path.name)
         count += 1
     # COCO boxes for object close-ups: kept as they are, since the training code reads them as fractions
-    # of each photo's size, which downscaling does not change.
+    # of each photo's size, which downscaling does not change. Files without categories (captions) are
+    # never read in training and stay behind.
     for annotation_file in sorted((source / "annotations").glob("*.json")):
+        if "categories" not in json.loads(annotation_file.read_text()):
+            continue
         (target / "annotations").mkdir(exist_ok=True)
         shutil.copyfile(annotation_file, target / "annotations" / annotation_file.name)
     return count

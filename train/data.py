@@ -101,7 +101,9 @@ def _load_pair(sample: Sample, long_side: int | None) -> tuple[np.ndarray, np.nd
     mask = Image.open(sample.mask).convert("L")
     if mask.size != image.size:
         # Committed pseudo-labels are at the photos' full size; a downscaled cache of the photos is fine.
-        if abs(mask.width / mask.height - image.width / image.height) > 0.01:
+        # Same shape, within the pixel that rounding a thin photo's short side can cost.
+        expected = scaled_size(mask.width, mask.height, max(image.size))
+        if abs(expected[0] - image.width) > 1 or abs(expected[1] - image.height) > 1:
             raise ValueError(f"{sample.mask} is {mask.size}, its image is {image.size}")
         mask = mask.resize(image.size, Image.Resampling.BILINEAR)
     if long_side and max(image.size) > long_side:
