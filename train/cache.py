@@ -1,8 +1,8 @@
 """Write downscaled copies of folder sources (same images/ + masks/ layout) for a training machine.
 
-A GPU trains faster than it can decode full-size photos; a long-side-320 copy of CCP and coco128 (about
-30 MB, JPEG 75) is all the training reads at a 320-pixel working resolution (``cache_long_side``), and it
-is quick to copy to another machine. The copy is git-ignored (``data_cache/``).
+A GPU trains faster than it can decode full-size photos; a long-side-320 copy of the sources (every source
+of ``coco-fcdn56``: 68 MB at JPEG 72) is all the training reads at a 320-pixel working resolution
+(``cache_long_side``), and it is quick to copy to another machine. The copy is git-ignored (``data_cache/``).
 
 Every photo is copied, with its mask where the folder has one; pseudo-label masks stay in
 ``train/pseudo_labels/`` and are resized to the copies when loaded. ``--only-with-masks``
