@@ -1273,7 +1273,7 @@ def test_committed_pseudo_labels_match_their_photos(data_root: Path, name: str) 
         assert 0.1 < person < 0.95, (photo.stem, person)
 
 
-def test_the_gpu_data_copy_is_downscaled_and_skips_unlabelled_photos(tmp_path: Path) -> None:
+def test_the_gpu_data_copy_is_downscaled_and_keeps_photos_without_masks(tmp_path: Path) -> None:
     from train.cache import downscale_folder
 
     labelled, unlabelled = tmp_path / "labelled", tmp_path / "unlabelled"
@@ -1283,19 +1283,25 @@ def test_the_gpu_data_copy_is_downscaled_and_skips_unlabelled_photos(tmp_path: P
     for stem in ("a", "b"):
         Image.new("RGB", (640, 480), (200, 10, 10)).save(labelled / "images" / f"{stem}.jpg")
         Image.new("RGB", (480, 640), (10, 200, 10)).save(unlabelled / "images" / f"{stem}.jpg")
-    Image.new("L", (640, 480), 255).save(labelled / "masks" / "a.png")  # b has no mask: not copied
+    # b has no mask, like coco_people's multi-person photos (boxes, and pseudo-labels kept elsewhere)
+    Image.new("L", (640, 480), 255).save(labelled / "masks" / "a.png")
 
-    assert downscale_folder(labelled, tmp_path / "out" / "labelled", 320, quality=75) == 1
+    assert downscale_folder(labelled, tmp_path / "out" / "labelled", 320, quality=75) == 2
     copy = Image.open(tmp_path / "out" / "labelled" / "images" / "a.jpg")
     assert copy.size == (320, 240)
+    assert Image.open(tmp_path / "out" / "labelled" / "images" / "b.jpg").size == (320, 240)
+    assert [p.name for p in (tmp_path / "out" / "labelled" / "masks").iterdir()] == ["a.png"]
     assert Image.open(tmp_path / "out" / "labelled" / "masks" / "a.png").size == (320, 240)
-    assert not (tmp_path / "out" / "labelled" / "images" / "b.jpg").exists()
 
     _write_coco_boxes(labelled, {"a": (640, 480)}, [("a", "cat", [64, 48, 320, 240], 0)])
     downscale_folder(labelled, tmp_path / "out" / "boxed", 320)
     from train.sources import object_boxes
 
     assert object_boxes(tmp_path / "out" / "boxed") == object_boxes(labelled) == {"a": [(0.1, 0.1, 0.6, 0.6)]}
+    (labelled / "annotations" / "captions.json").write_text(json.dumps({"annotations": []}))
+    downscale_folder(labelled, tmp_path / "out" / "captioned", 320)
+    # the boxes travel with the copy; captions are never read in training
+    assert [p.name for p in (tmp_path / "out" / "captioned" / "annotations").iterdir()] == ["instances.json"]
 
     assert downscale_folder(unlabelled, tmp_path / "out" / "unlabelled", 320, only_stems={"b"}) == 1
     assert [p.name for p in (tmp_path / "out" / "unlabelled" / "images").iterdir()] == ["b.jpg"]
@@ -1324,30 +1330,6 @@ def test_the_gpu_data_copy_refuses_a_mask_filter_it_cannot_apply(
 
 
 
-
-
-def test_the_training_data_copy_keeps_partly_labelled_folders_whole(tmp_path: Path) -> None:
-    from train.cache import downscale_folder
-
-    source = tmp_path / "source"
-    (source / "images").mkdir(parents=True)
-    (source / "masks").mkdir()
-    (source / "annotations").mkdir()
-    for stem in ("a", "b", "c"):
-        Image.new("RGB", (640, 400), (10, 20, 30)).save(source / "images" / f"{stem}.jpg")
-    Image.new("L", (640, 400), 255).save(source / "masks" / "a.png")
-    (source / "annotations" / "instances.json").write_text(json.dumps({"categories": [], "annotations": []}))
-    (source / "annotations" / "captions.json").write_text(json.dumps({"annotations": []}))
-
-    copied = downscale_folder(source, tmp_path / "copy", 320, quality=75)
-
-    assert copied == 3, "photos without a mask (boxes or pseudo-labels only) are copied too"
-    assert sorted(p.name for p in (tmp_path / "copy" / "images").iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]
-    assert [p.name for p in (tmp_path / "copy" / "masks").iterdir()] == ["a.png"]
-    assert Image.open(tmp_path / "copy" / "images" / "b.jpg").size == (320, 200)
-    assert Image.open(tmp_path / "copy" / "masks" / "a.png").size == (320, 200)
-    assert [p.name for p in (tmp_path / "copy" / "annotations").iterdir()] == ["instances.json"]
-    assert downscale_folder(source, tmp_path / "some", 320, only_stems={"b"}) == 1
 
 
 def test_full_size_pseudo_labels_fit_a_downscaled_copy_of_a_thin_photo(tmp_path: Path) -> None:
