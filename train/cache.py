@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from PIL import Image
 
 from bgremove_plugin.transforms import scaled_size
 
-from .sources import data_root
+from .sources import coco_instance_files, data_root
 
 
 def downscale_folder(
@@ -49,9 +48,7 @@ def downscale_folder(
     # COCO boxes for object close-ups: kept as they are, since the training code reads them as fractions
     # of each photo's size, which downscaling does not change. Files without categories (captions) are
     # never read in training and stay behind.
-    for annotation_file in sorted((source / "annotations").glob("*.json")):
-        if "categories" not in json.loads(annotation_file.read_text()):
-            continue
+    for annotation_file, _ in coco_instance_files(source):
         (target / "annotations").mkdir(exist_ok=True)
         shutil.copyfile(annotation_file, target / "annotations" / annotation_file.name)
     return count

@@ -12,6 +12,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -129,6 +130,17 @@ Box = tuple[float, float, float, float]
 """(left, top, right, bottom) as fractions of the photo's width and height, so it fits any downscaled copy."""
 
 
+def coco_instance_files(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The COCO instance files in ``folder/annotations/`` with their contents; files without categories
+    (COCO captions) hold no objects and are not among them."""
+    files = []
+    for annotation_file in sorted((folder / "annotations").glob("*.json")):
+        data = json.loads(annotation_file.read_text())
+        if "categories" in data:
+            files.append((annotation_file, data))
+    return files
+
+
 def object_boxes(folder: Path, *, min_side: float = 0.12, exclude: str = "person") -> dict[str, list[Box]]:
     """Photo stem -> boxes of the objects in ``folder/annotations/*.json`` (COCO format), other than ``exclude``
     and crowd regions, as fractions of the photo's width and height.
@@ -138,10 +150,7 @@ def object_boxes(folder: Path, *, min_side: float = 0.12, exclude: str = "person
     (COCO captions) are skipped. Read with ``json``, not pycocotools: only the boxes are needed.
     """
     boxes: dict[str, list[Box]] = {}
-    for annotation_file in sorted((folder / "annotations").glob("*.json")):
-        data = json.loads(annotation_file.read_text())
-        if "categories" not in data:
-            continue
+    for _, data in coco_instance_files(folder):
         excluded = {c["id"] for c in data["categories"] if c["name"] == exclude}
         images = {i["id"]: i for i in data["images"]}
         for annotation in data["annotations"]:
