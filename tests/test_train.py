@@ -1300,7 +1300,7 @@ def test_the_gpu_data_copy_is_downscaled_and_keeps_photos_without_masks(tmp_path
     assert object_boxes(tmp_path / "out" / "boxed") == object_boxes(labelled) == {"a": [(0.1, 0.1, 0.6, 0.6)]}
     (labelled / "annotations" / "captions.json").write_text(json.dumps({"annotations": []}))
     downscale_folder(labelled, tmp_path / "out" / "captioned", 320)
-    # the boxes travel with the copy; captions are never read in training
+    # the boxes are copied; captions are never read in training
     assert [p.name for p in (tmp_path / "out" / "captioned" / "annotations").iterdir()] == ["instances.json"]
 
     assert downscale_folder(unlabelled, tmp_path / "out" / "unlabelled", 320, only_stems={"b"}) == 1
