@@ -7,9 +7,14 @@ GRADIO_SERVER_NAME / GRADIO_SERVER_PORT); the same file runs as a Hugging Face S
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import os
+import shutil
+import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 # Set before gradio is imported: it reads the variable once. The demo never phones home.
@@ -24,6 +29,11 @@ MAX_PIXELS = int(os.environ.get("BGREMOVE_MAX_PIXELS", "40000000"))
 MAX_FILE_SIZE = os.environ.get("BGREMOVE_MAX_FILE_SIZE", "30mb")
 MAX_VIDEO_FRAMES = int(os.environ.get("BGREMOVE_MAX_VIDEO_FRAMES", "300"))
 """Clips longer than this (10 s at 30 fps) are refused: every frame is a full cut-out."""
+KEEP_SECONDS = int(os.environ.get("BGREMOVE_KEEP_SECONDS", "900"))
+"""How long a result stays downloadable; then it is deleted, with Gradio's copies of uploads and results."""
+RESULTS = Path(os.environ.get("BGREMOVE_RESULTS_DIR") or tempfile.mkdtemp(prefix="bgremove-demo-"))
+if "BGREMOVE_RESULTS_DIR" not in os.environ:
+    atexit.register(shutil.rmtree, RESULTS, ignore_errors=True)
 EXAMPLES = [str(p) for p in sorted((Path(__file__).parent / "examples").glob("*.jpg"))]
 BACKGROUNDS = ["transparent", "colour", "blurred original", "image"]
 # Matting is offered only where its extra (pymatting) is installed, e.g. on the Space (requirements.txt).
@@ -46,6 +56,27 @@ def _background_for(
             raise gr.Error("Choose a background image, or pick another background option.")
         return backdrop  # the library applies its EXIF orientation
     return None
+
+
+def _result_path(suffix: str) -> str:
+    """A new file for one result in RESULTS (deleted KEEP_SECONDS later by ``_delete_expired_results``)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    handle, path = tempfile.mkstemp(prefix="cutout-", suffix=suffix, dir=RESULTS)
+    os.close(handle)
+    return path
+
+
+def _delete_expired_results(period: float) -> None:
+    """Every ``period`` seconds, delete the results older than KEEP_SECONDS (runs for the server's life)."""
+    while True:
+        time.sleep(period)
+        expired = time.time() - KEEP_SECONDS
+        for old in RESULTS.glob("cutout-*"):
+            try:
+                if old.stat().st_mtime < expired:
+                    old.unlink()
+            except FileNotFoundError:  # gone already
+                pass
 
 
 def cut_out(
@@ -80,8 +111,7 @@ def cut_out(
         raise gr.Error(f"{exc}; pick one with the colour picker.") from exc
     if result.mode == "RGBA":  # a transparent cut-out: show its alpha, which keeps the input's own transparency
         mask = result.getchannel("A")
-    handle, path = tempfile.mkstemp(prefix="cutout-", suffix=".png")
-    os.close(handle)
+    path = _result_path(".png")
     result.save(path)
     return result, mask, path
 
@@ -102,8 +132,7 @@ def cut_out_video(clip: str | None, colour: str | None, on_colour: bool) -> tupl
         raise gr.Error(f"That file is not a readable video: {exc}") from exc
     if frames > MAX_VIDEO_FRAMES or pixels > MAX_PIXELS:
         raise gr.Error(f"This demo takes clips of up to {MAX_VIDEO_FRAMES} frames; please trim it and try again.")
-    handle, path = tempfile.mkstemp(prefix="cutout-", suffix=".mp4" if on_colour else ".webm")
-    os.close(handle)
+    path = _result_path(".mp4" if on_colour else ".webm")
     try:
         remove_background_video(clip, path, background=(colour or "#ffffff") if on_colour else None, remover=remover)
     except InvalidVideoError as exc:
@@ -111,10 +140,15 @@ def cut_out_video(clip: str | None, colour: str | None, on_colour: bool) -> tupl
     return path, path
 
 
-with gr.Blocks(title="bgremove: remove the background from photos of people") as demo:
+# Gradio keeps its own copies of uploads and results; checked every tenth of KEEP_SECONDS, none lives longer.
+_CHECK_SECONDS = max(1, KEEP_SECONDS // 10)
+with gr.Blocks(
+    title="bgremove: remove the background from photos of people",
+    delete_cache=(_CHECK_SECONDS, max(1, KEEP_SECONDS - _CHECK_SECONDS)),
+) as demo:
     gr.Markdown(
         "# bgremove\nRemove the background from photos of people with a Tiramisu (FC-DenseNet) network. "
-        "Photos are processed on this server and not kept."
+        f"Photos and clips are processed on this server and deleted within {max(1, round(KEEP_SECONDS / 60))} min."
     )
     with gr.Row():
         with gr.Column():
@@ -162,6 +196,9 @@ def main() -> None:
     parser.add_argument("--server-name", default=None, help="host to bind (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--server-port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
     args = parser.parse_args()
+    # A stopped container gets SIGTERM: handled as Ctrl-C, Gradio closes cleanly and the results go with it.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    threading.Thread(target=_delete_expired_results, args=(min(5, KEEP_SECONDS),), daemon=True).start()
     # Two requests run at once; the rest wait in Gradio's queue instead of oversubscribing the CPU.
     demo.queue(default_concurrency_limit=2, max_size=32).launch(
         server_name=args.server_name, server_port=args.server_port, max_file_size=MAX_FILE_SIZE

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 # Small enough that a photo built in the test trips it, large enough for the 512x512 example.
 DEMO_MAX_FRAMES = 20
 DEMO_MAX_PIXELS = 1_000_000
+DEMO_KEEP_SECONDS = 60
 
 
 def _requirement_name(line: str) -> str:
@@ -78,14 +81,12 @@ def test_space_requirements_cover_the_package_dependencies() -> None:
     assert "torch==2.13.0" in lines
 
 
-@pytest.fixture(scope="module")
-def demo_url() -> Iterator[str]:
+@contextlib.contextmanager
+def _demo_server(env: dict[str, str], log_name: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """app.py on a free port of 127.0.0.1 with ``env``; yields its URL once it answers, and the process."""
     port = free_port()
-    env = {**os.environ, "BGREMOVE_MAX_PIXELS": str(DEMO_MAX_PIXELS), "BGREMOVE_DEVICE": "cpu",
-           "BGREMOVE_MAX_VIDEO_FRAMES": str(DEMO_MAX_FRAMES)}
-    env.pop("GRADIO_ANALYTICS_ENABLED", None)  # app.py must switch analytics off by itself
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = (ARTIFACTS / "demo-server.log").open("w")
+    log = (ARTIFACTS / log_name).open("w")
     server = subprocess.Popen(
         [sys.executable, "app.py", "--server-name", "127.0.0.1", "--server-port", str(port)],
         cwd=REPO,
@@ -98,7 +99,7 @@ def demo_url() -> Iterator[str]:
         deadline = time.monotonic() + 180
         while True:
             if server.poll() is not None:
-                pytest.fail(f"app.py exited with {server.returncode}; see {ARTIFACTS / 'demo-server.log'}")
+                pytest.fail(f"app.py exited with {server.returncode}; see {ARTIFACTS / log_name}")
             try:
                 with urllib.request.urlopen(url, timeout=5) as response:
                     if response.status == 200:
@@ -108,7 +109,7 @@ def demo_url() -> Iterator[str]:
             if time.monotonic() > deadline:
                 pytest.fail("app.py did not answer within 180 s")
             time.sleep(0.5)
-        yield url
+        yield url, server
     finally:
         server.terminate()
         try:
@@ -116,6 +117,29 @@ def demo_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def _demo_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "BGREMOVE_MAX_PIXELS": str(DEMO_MAX_PIXELS), "BGREMOVE_DEVICE": "cpu",
+           "BGREMOVE_MAX_VIDEO_FRAMES": str(DEMO_MAX_FRAMES), **extra}
+    env.pop("GRADIO_ANALYTICS_ENABLED", None)  # app.py must switch analytics off by itself
+    return env
+
+
+@pytest.fixture(scope="module")
+def demo_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("demo-results")
+
+
+@pytest.fixture(scope="module")
+def demo_url(demo_results: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = _demo_env(
+        BGREMOVE_RESULTS_DIR=str(demo_results),
+        BGREMOVE_KEEP_SECONDS=str(DEMO_KEEP_SECONDS),
+        GRADIO_TEMP_DIR=str(tmp_path_factory.mktemp("gradio-cache")),
+    )
+    with _demo_server(env, "demo-server.log") as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +267,32 @@ def test_client_puts_the_person_on_an_image_or_the_blurred_original(client: Any,
     assert 2 < changed < 40
     with pytest.raises(Exception, match="background image"):
         _call(client, PORTRAIT, background="image")
+
+
+def test_results_are_deleted_once_they_are_older_than_the_keep_time(client: Any, demo_results: Path) -> None:
+    _call(client, PORTRAIT)
+    results = sorted(demo_results.glob("cutout-*.png"), key=lambda p: p.stat().st_mtime)
+    assert results, f"the demo wrote no result into {demo_results}"
+    newest, aged = results[-1], time.time() - 2 * DEMO_KEEP_SECONDS
+    os.utime(newest, (aged, aged))
+    deadline = time.monotonic() + 20
+    while newest.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not newest.exists(), f"{newest.name} outlived the demo's {DEMO_KEEP_SECONDS} s"
+    _call(client, PORTRAIT)  # a fresh result is kept
+    time.sleep(6)
+    assert any(p.stat().st_mtime > time.time() - DEMO_KEEP_SECONDS for p in demo_results.glob("cutout-*.png"))
+
+
+def test_a_stopped_demo_leaves_no_results_behind(tmp_path: Path) -> None:
+    env = _demo_env(TMPDIR=str(tmp_path), GRADIO_TEMP_DIR=str(tmp_path / "gradio-cache"))
+    env.pop("BGREMOVE_RESULTS_DIR", None)
+    with _demo_server(env, "demo-server-stop.log") as (url, server):
+        _call(gradio_client.Client(url, verbose=False), PORTRAIT)
+        assert list(tmp_path.glob("bgremove-demo-*/cutout-*.png")), "the result was not written where expected"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    assert not list(tmp_path.glob("bgremove-demo-*")), "the stopped demo left its results in the temp folder"
 
 
 def test_client_is_told_when_a_photo_is_too_large(client: Any, tmp_path: Path) -> None:

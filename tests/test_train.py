@@ -168,6 +168,13 @@ def test_the_ship_rule_says_on_how_many_photos_a_set_moved() -> None:
     assert coco.endswith(f"(ahead by > 0.02 on 1 photos, behind on 2; per photo {mean:+.4f}, 95% interval {low:+.4f} to {high:+.4f})")
     assert lines[coco]  # informs; the rule is the means'
     assert not any("ahead" in line for line in lines if line.startswith("ccp_test"))  # older reports hold no photos
+    # The scenes: one scene kept a little more; the interval is printed, the verdict stays the means'.
+    shipped["scenes_without_people"]["per_image_alpha"] = {"x": 0.01, "y": 0.02, "z": 0.03}
+    candidate["scenes_without_people"].update(mean_alpha=0.0233, per_image_alpha={"x": 0.01, "y": 0.02, "z": 0.04})
+    mean, low, high = paired_interval(candidate["scenes_without_people"]["per_image_alpha"], shipped["scenes_without_people"]["per_image_alpha"])
+    scenes = next(line for line in ship_verdict(candidate, shipped) if line[0].startswith("scenes_without_people"))
+    assert scenes[0].endswith(f"(per scene {mean:+.4f}, 95% interval {low:+.4f} to {high:+.4f})") and low == 0.0
+    assert not scenes[1]
 
 
 def test_a_measured_report_is_judged_against_another_without_measuring_again(
