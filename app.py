@@ -31,8 +31,10 @@ MAX_VIDEO_FRAMES = int(os.environ.get("BGREMOVE_MAX_VIDEO_FRAMES", "300"))
 """Clips longer than this (10 s at 30 fps) are refused: every frame is a full cut-out."""
 KEEP_SECONDS = int(os.environ.get("BGREMOVE_KEEP_SECONDS", "900"))
 """How long a result stays downloadable; then it is deleted, with Gradio's copies of uploads and results."""
-RESULTS = Path(os.environ.get("BGREMOVE_RESULTS_DIR") or tempfile.mkdtemp(prefix="bgremove-demo-"))
-if "BGREMOVE_RESULTS_DIR" not in os.environ:
+if os.environ.get("BGREMOVE_RESULTS_DIR"):
+    RESULTS = Path(os.environ["BGREMOVE_RESULTS_DIR"])
+else:  # a folder of our own: removed with everything in it when the server stops
+    RESULTS = Path(tempfile.mkdtemp(prefix="bgremove-demo-"))
     atexit.register(shutil.rmtree, RESULTS, ignore_errors=True)
 EXAMPLES = [str(p) for p in sorted((Path(__file__).parent / "examples").glob("*.jpg"))]
 BACKGROUNDS = ["transparent", "colour", "blurred original", "image"]
