@@ -559,6 +559,18 @@ def test_windows_without_people_replace_only_draws_of_human_labelled_photos_and_
             emptied += 1
     assert emptied > 10
 
+    # A teacher's labels held to human boxes (train.groups: everyone it missed is in the left-out regions)
+    # take part when the source says so, and their windows clear the teacher's person and the passer-by.
+    boxed = LoadedSet(["b"], [image], [soft], name="boxed teacher", ignore_band=0.2, ignore_regions=[region], away_windows=True)
+    away = TrainingStream(EpochSampler([human, boxed], seed=0), 0, 60, cfg, [])
+    assert away.away_set_ids == {0, 1}
+    red = (1.0 - cfg.mean[0]) / cfg.std[0]  # the people's red channel, normalised
+    windows = [away[i] for i, (set_id, _) in enumerate(away.draws) if set_id == 1]
+    assert len(windows) > 10
+    for window_image, window_mask in windows:
+        assert not window_mask.any()
+        assert not (window_image[0] > red - 0.5).any()
+
 
 def _write_coco_boxes(folder: Path, photos: dict[str, tuple[int, int]], boxes: list[tuple[str, str, list[float], int]]) -> None:
     """A COCO-format annotations/ file: photos as stem -> (width, height); boxes as (stem, category, xywh, iscrowd)."""
@@ -860,6 +872,12 @@ def test_config_overrides_apply_in_order_and_refuse_unknown_fields() -> None:
     assert base.batch_size == TrainConfig().batch_size  # the given config is left as it was
     with pytest.raises(SystemExit, match="batchsize"):
         apply_overrides(base, ["batchsize=8"])
+    two = TrainConfig(sources=[SourceConfig("ccp"), SourceConfig("coco_people", ignore_band=0.2)])
+    cfg = apply_overrides(two, ["sources.1.away_windows=true", "sources.0.weight=2"])
+    assert [(s.path, s.weight, s.away_windows) for s in cfg.sources] == [("ccp", 2, False), ("coco_people", 1.0, True)]
+    assert not two.sources[1].away_windows
+    with pytest.raises(SystemExit, match="not one of the 2 places"):
+        apply_overrides(two, ["sources.2.weight=1"])
 
 
 def test_cpu_autocast_is_used_only_when_the_run_asks_for_it(tmp_path: Path) -> None:

@@ -41,6 +41,10 @@ class SourceConfig:
     train_only: bool = False
     """Every photo of the source trains and none validates or tests, and no split list is written: photos with
     no human masks to score against (COCO's multi-person photos, labelled by ``train.groups``)."""
+    away_windows: bool = False
+    """Whether ``augment.away_prob`` may cut windows away from everyone out of this source although its labels
+    are a teacher's: right only where every person is in the label or in ``ignore_regions``, as ``train.groups``
+    makes them from COCO's person boxes. Human-labelled sources always take part."""
 
 
 @dataclass
@@ -228,14 +232,20 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
 
 
 def apply_overrides(cfg: TrainConfig, items: Sequence[str]) -> TrainConfig:
-    """``KEY=JSON`` overrides (``augment.patch_size=160``), applied in order: a later one wins."""
+    """``KEY=JSON`` overrides (``augment.patch_size=160``; ``sources.2.weight=1.5``, a source by its place in
+    the list), applied in order: a later one wins."""
     cfg = copy.deepcopy(cfg)
     for item in items:
         key, _, value = item.partition("=")
         target: Any = cfg
         *parents, leaf = key.split(".")
         for parent in parents:
-            target = getattr(target, parent)
+            if isinstance(target, list):
+                if not parent.isdigit() or int(parent) >= len(target):
+                    raise SystemExit(f"--set {key}: {parent} is not one of the {len(target)} places in that list")
+                target = target[int(parent)]
+            else:
+                target = getattr(target, parent)
         if not hasattr(target, leaf):
             raise SystemExit(f"--set {key}: no such config field")
         parsed = json.loads(value)

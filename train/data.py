@@ -88,6 +88,9 @@ class LoadedSet:
     ignore_regions: list[np.ndarray | None] = field(default_factory=list)
     """Per photo, where the label is not to be trained on (> 127: people it leaves out, ``train.bystanders``),
     or None; empty when the source has none."""
+    away_windows: bool = False
+    """Whether windows away from everyone may be cut from these photos although the labels are a teacher's
+    (:class:`train.config.SourceConfig`'s ``away_windows``)."""
 
     @cached_property
     def mask_peaks(self) -> np.ndarray:
@@ -399,11 +402,13 @@ class TrainingStream(torch.utils.data.Dataset):
         self.cfg = cfg
         self.backgrounds = backgrounds
         # Crowds and windows without people take photos with hard human labels only: a teacher's soft edges
-        # would need their ignore band, and a teacher may miss someone a window would then teach as background.
+        # would need their ignore band, and a teacher may miss someone a window would then teach as background,
+        # unless human boxes mark everyone the teacher missed (``away_windows``).
         human_ids = [i for i, s in enumerate(self.sets) if s.ignore_band == 0 and bool((s.mask_peaks > 127).any())]
         crowd_ids = human_ids if cfg.crowd_prob > 0 and backgrounds else []
         self.crowd_set_ids = frozenset(crowd_ids)
-        self.away_set_ids = frozenset(human_ids if cfg.away_prob > 0 else [])
+        away_ids = sorted({*human_ids, *(i for i, s in enumerate(self.sets) if s.away_windows)})
+        self.away_set_ids = frozenset(away_ids if cfg.away_prob > 0 else [])
         self.crowd_sets = [self.sets[i] for i in crowd_ids]
         # Read here, in the main process, so that data-loader workers inherit the scan instead of each repeating it.
         self.empty_masks = [s.mask_peaks == 0 for s in self.sets]

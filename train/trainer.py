@@ -156,6 +156,7 @@ class Trainer:
                 ignore_band=source.ignore_band,
                 ignore_dir=REPO / source.ignore_regions / "masks" if source.ignore_regions else None,
             )
+            train_set.away_windows = source.away_windows
             if cfg.augment.object_closeup_prob > 0:
                 boxes = object_boxes(root / source.path)
                 train_set.object_boxes = [boxes.get(stem, []) for stem in train_set.stems]
