@@ -407,8 +407,8 @@ class TrainingStream(torch.utils.data.Dataset):
         human_ids = [i for i, s in enumerate(self.sets) if s.ignore_band == 0 and bool((s.mask_peaks > 127).any())]
         crowd_ids = human_ids if cfg.crowd_prob > 0 and backgrounds else []
         self.crowd_set_ids = frozenset(crowd_ids)
-        away_ids = sorted({*human_ids, *(i for i, s in enumerate(self.sets) if s.away_windows)})
-        self.away_set_ids = frozenset(away_ids if cfg.away_prob > 0 else [])
+        away_ids = {*human_ids, *(i for i, s in enumerate(self.sets) if s.away_windows)}
+        self.away_set_ids = frozenset(away_ids if cfg.away_prob > 0 else ())
         self.crowd_sets = [self.sets[i] for i in crowd_ids]
         # Read here, in the main process, so that data-loader workers inherit the scan instead of each repeating it.
         self.empty_masks = [s.mask_peaks == 0 for s in self.sets]
