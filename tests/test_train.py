@@ -878,6 +878,11 @@ def test_config_overrides_apply_in_order_and_refuse_unknown_fields() -> None:
     assert not two.sources[1].away_windows
     with pytest.raises(SystemExit, match="not one of the 2 places"):
         apply_overrides(two, ["sources.2.weight=1"])
+    teacher = TrainConfig(sources=[SourceConfig("coco_people", masks="train/pseudo_labels/coco_people_groups")])
+    with pytest.raises(ValueError, match="no ignore_regions"):
+        apply_overrides(teacher, ["sources.0.away_windows=true"])
+    held = apply_overrides(teacher, ["sources.0.ignore_regions=\"regions\"", "sources.0.away_windows=true"])
+    assert held.sources[0].away_windows and held.sources[0].ignore_regions == "regions"
 
 
 def test_cpu_autocast_is_used_only_when_the_run_asks_for_it(tmp_path: Path) -> None:

@@ -46,6 +46,15 @@ class SourceConfig:
     are a teacher's: right only where every person is in the label or in ``ignore_regions``, as ``train.groups``
     makes them from COCO's person boxes. Human-labelled sources always take part."""
 
+    def __post_init__(self) -> None:
+        if self.away_windows and self.masks is not None and self.ignore_regions is None:
+            # Without left-out regions nothing marks whom the teacher missed, and a window could cut one out.
+            raise ValueError(
+                f"source {self.path!r} asks for away_windows on the teacher labels {self.masks!r} but has no "
+                "ignore_regions: give it the left-out regions made with its labels (train.groups writes them) "
+                "or leave away_windows off"
+            )
+
 
 @dataclass
 class TrainConfig:
