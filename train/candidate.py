@@ -249,9 +249,10 @@ def ship_verdict(
     difference's bootstrap interval, :func:`paired_interval`, reaches 0); no more kept of the held-out photos
     without people, pooled over :data:`NO_PERSON_SETS`, on average or above 0.25 (its line gives each set's
     per-photo difference and interval too, which do not decide); the coffee photo under the test's floor; and
-    pictures of nothing (one colour or a gradient) under :data:`PLAIN_FLOOR` on average. Where both reports hold per-photo IoUs, a set's line also says on how many photos the candidate is ahead
-    and behind: a mean moved by a few photos reads differently from one moved by many. ``against`` names the
-    other report in the lines, for when it is not the shipped weights'."""
+    pictures of nothing (one colour or a gradient) under :data:`PLAIN_FLOOR` on average. Where both reports
+    hold per-photo IoUs, a set's line also says on how many photos the candidate is ahead and behind: a mean
+    moved by a few photos reads differently from one moved by many. ``against`` names the other report in the
+    lines, for when it is not the shipped weights'."""
     rules = [_set_rule(name, candidate, shipped, against) for name in (*SHIP_BETTER_ON, *SHIP_NOT_WORSE_ON)]
     alphas = candidate["no_person_mean_alpha"]
     rules.append((f"coffee.jpg {alphas['coffee.jpg']} < 0.25 (the test's floor)", alphas["coffee.jpg"] < 0.25))
@@ -269,6 +270,11 @@ def measured_people(report: dict[str, Any]) -> bool:
     return any(name in report for name in SETS)
 
 
+def _without_photos(summary: dict[str, Any]) -> dict[str, Any]:
+    """An alpha summary without its per-photo values, which are too many for one printed line."""
+    return {key: value for key, value in summary.items() if key != "per_image_alpha"}
+
+
 def print_report(report: dict[str, Any]) -> None:
     """The summary table of a report measured with people, or only its photos without people."""
     if measured_people(report):
@@ -282,14 +288,13 @@ def print_report(report: dict[str, Any]) -> None:
             )
     print(f"no-person photos, mean alpha: {report['no_person_mean_alpha']}")
     scenes = report["scenes_without_people"]
-    print(f"coco128 val/test scenes without people: { {k: v for k, v in scenes.items() if k != 'per_image_alpha'} }")
+    print(f"coco128 val/test scenes without people: {_without_photos(scenes)}")
     most_kept = sorted(scenes.get("per_image_alpha", {}).items(), key=lambda item: -item[1])[:4]
     if most_kept:
         print("  keeping the most: " + ", ".join(f"{stem} {alpha}" for stem, alpha in most_kept))
     print(f"close-ups of their annotated objects: {report['object_closeups']}")
     if "coco_test_windows" in report:  # reports from before 2026-12-06 do not have them
-        windows = report["coco_test_windows"]
-        print(f"windows of COCO test photos away from their person: { {k: v for k, v in windows.items() if k != 'per_image_alpha'} }")
+        print(f"windows of COCO test photos away from their person: {_without_photos(report['coco_test_windows'])}")
     if "plain_pictures" in report:
         print(f"pictures of nothing (one colour or a gradient): {report['plain_pictures']}")
 
