@@ -103,6 +103,10 @@ def test_the_candidate_report_can_measure_only_the_photos_without_people(
         "checkpoint", "no_person_mean_alpha", "scenes_without_people", "object_closeups", "coco_test_windows", "plain_pictures"
     }
     assert report["plain_pictures"]["images"] == 24 and 0 <= report["plain_pictures"]["mean_alpha"] <= 1
+    # The fingerprint of the pictures, not of the weights: the shipped weights' report has the same ones.
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "train" / "shipped_candidate.json").read_text())
+    for name in ("scenes_without_people", "object_closeups", "coco_test_windows", "plain_pictures"):
+        assert report[name]["pictures_digest"] == shipped[name]["pictures_digest"], name
     # 21 held-out scenes; 75 annotated objects in them of at least 12% of the photo's longer side (2026-12-05)
     assert report["scenes_without_people"]["images"] == 21 and report["object_closeups"]["images"] == 75
     per_scene = report["scenes_without_people"]["per_image_alpha"]
@@ -169,6 +173,11 @@ def test_the_ship_rule_wants_more_on_real_photos_no_loss_on_ccp_and_no_more_kept
     assert all(passed for _, passed in ship_verdict(traded, shipped))
     traded["coco_test_windows"]["share_above_0.25"] = 0.07  # one window more over 0.25
     assert [passed for rule, passed in ship_verdict(traded, shipped) if "without people" in rule] == [False]
+    # Reports measured on different windows (the code that cuts them changed) are not compared at all.
+    moved = _candidate_report(0.91)
+    moved["coco_test_windows"]["pictures_digest"], shipped["coco_test_windows"]["pictures_digest"] = "a1", "b2"
+    assert [passed for rule, passed in ship_verdict(moved, shipped) if "coco_test_windows measured on other" in rule] == [False]
+    del shipped["coco_test_windows"]["pictures_digest"]
     del traded["coco_test_windows"]
     assert ("photos without people: coco_test_windows not measured in both reports", False) in ship_verdict(traded, shipped)
     # CCP: a loss the photos' resampling explains passes, one it does not fails, whatever the mean.

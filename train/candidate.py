@@ -24,6 +24,7 @@ again. Copying a candidate into the package is a separate, deliberate step: ``py
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import zlib
@@ -103,11 +104,29 @@ PLAIN_FLOOR = 0.02
 """What the ship rule lets a checkpoint keep of them on average: the video test's floor for an empty wall."""
 
 
-def _alpha_summary(alphas: list[float], names: list[str] | None = None) -> dict[str, object]:
+def pictures_digest(pictures: list[Path] | list[np.ndarray]) -> str:
+    """A short fingerprint of a measured set's pictures (a photo's file bytes, a window's pixels), so that
+    the ship rule never compares two reports measured on different pictures: the windows and close-ups are
+    cut by training's own functions, and a change there would otherwise move the set unnoticed."""
+    digest = hashlib.sha256()
+    for picture in pictures:
+        if isinstance(picture, Path):
+            digest.update(picture.read_bytes())
+        else:
+            digest.update(repr(picture.shape).encode())
+            digest.update(np.ascontiguousarray(picture).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _alpha_summary(
+    predict: Predictor, pictures: list[Path] | list[np.ndarray], names: list[str] | None = None
+) -> dict[str, object]:
+    alphas = [float(np.mean(predict(picture))) for picture in pictures]
     summary: dict[str, object] = {
         "images": len(alphas),
         "mean_alpha": round(float(np.mean(alphas)), 4),
         "share_above_0.25": round(float(np.mean([a > 0.25 for a in alphas])), 3),
+        "pictures_digest": pictures_digest(pictures),
     }
     if names is not None:
         # A few scenes carry most of what every model keeps: per photo, two reports say which ones moved.
@@ -124,13 +143,11 @@ def measure_without_people(predict: Predictor, root: Path) -> dict[str, object]:
         "no_person_mean_alpha": {
             Path(photo).name: round(float(np.mean(predict(REPO / photo))), 4) for photo in NO_PERSON_PHOTOS
         },
-        "scenes_without_people": _alpha_summary(
-            [float(np.mean(predict(photo))) for photo in scenes], [photo.stem for photo in scenes]
-        ),
-        "object_closeups": _alpha_summary([float(np.mean(predict(window))) for window in object_closeups(root, scenes)]),
-        "coco_test_windows": _alpha_summary([float(np.mean(predict(window))) for window in windows], window_names),
+        "scenes_without_people": _alpha_summary(predict, scenes, [photo.stem for photo in scenes]),
+        "object_closeups": _alpha_summary(predict, object_closeups(root, scenes)),
+        "coco_test_windows": _alpha_summary(predict, windows, window_names),
         "plain_pictures": _alpha_summary(
-            [float(np.mean(predict(plain_picture(np.random.default_rng(seed))))) for seed in range(PLAIN_PICTURES)]
+            predict, [plain_picture(np.random.default_rng(seed)) for seed in range(PLAIN_PICTURES)]
         ),
     }
 
@@ -224,6 +241,19 @@ def _no_person_rule(candidate: dict[str, Any], other: dict[str, Any], against: s
     missing = [name for name in NO_PERSON_SETS if name not in candidate or name not in other]
     if missing:
         return f"photos without people: {', '.join(missing)} not measured in both reports", False
+    changed = [
+        name
+        for name in NO_PERSON_SETS
+        if "pictures_digest" in candidate[name]
+        and "pictures_digest" in other[name]
+        and candidate[name]["pictures_digest"] != other[name]["pictures_digest"]
+    ]
+    if changed:
+        line = (
+            f"photos without people: {', '.join(changed)} measured on other pictures than {against}'s "
+            "(the code that cuts them changed); measure both reports with this checkout"
+        )
+        return line, False
     photos, mine, my_share = _pooled(candidate)
     _, theirs, their_share = _pooled(other)
     line = (
