@@ -95,6 +95,7 @@ def test_the_candidate_report_scores_only_held_out_scenes_without_people(data_ro
 def test_the_candidate_report_can_measure_only_the_photos_without_people(
     data_root: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from train.candidate import NO_PERSON_SETS, SHIPPED_REPORT
     from train.candidate import main as candidate
 
     candidate(["--weights", str(tiny_weights), "--without-people-only", "--out", str(tmp_path), "--data-root", str(data_root)])
@@ -104,8 +105,8 @@ def test_the_candidate_report_can_measure_only_the_photos_without_people(
     }
     assert report["plain_pictures"]["images"] == 24 and 0 <= report["plain_pictures"]["mean_alpha"] <= 1
     # The fingerprint of the pictures, not of the weights: the shipped weights' report has the same ones.
-    shipped = json.loads((Path(__file__).resolve().parents[1] / "train" / "shipped_candidate.json").read_text())
-    for name in ("scenes_without_people", "object_closeups", "coco_test_windows", "plain_pictures"):
+    shipped = json.loads(SHIPPED_REPORT.read_text())
+    for name in (*NO_PERSON_SETS, "plain_pictures"):
         assert report[name]["pictures_digest"] == shipped[name]["pictures_digest"], name
     # 21 held-out scenes; 75 annotated objects in them of at least 12% of the photo's longer side (2026-12-05)
     assert report["scenes_without_people"]["images"] == 21 and report["object_closeups"]["images"] == 75
