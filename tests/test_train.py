@@ -25,6 +25,7 @@ from train.data import (
     away_closeup,
     closeup,
     crowd_scene,
+    filling_window,
     load_set,
     plain_picture,
 )
@@ -640,6 +641,28 @@ def test_plain_pictures_are_empty_smooth_and_replace_any_draw_only_when_asked_fo
         # Smooth: the faint noise and the gradient's step, never the person's red edge against the ramp.
         assert plain_image.diff(dim=2).abs().mean() < 0.3
     assert people > 10
+
+
+def test_plain_pictures_fill_the_whole_crop_when_asked_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One magenta far from the mean colour that fills a crop's overhang, and no photometric change but white balance.
+    magenta = np.zeros((300, 500, 3), dtype=np.uint8) + np.array([250, 10, 250], dtype=np.uint8)
+    monkeypatch.setattr("train.data.plain_picture", lambda rng: magenta)
+    human = LoadedSet(["h"], [magenta], [np.zeros((300, 500), dtype=np.uint8)], name="human")
+    cfg = AugmentConfig(
+        patch_size=64, input_size=64, plain_prob=1.0, color_jitter=0.0, noise_prob=0.0, blur_prob=0.0, grayscale_prob=0.0
+    )
+    red_at_200 = (200 / 255 - cfg.mean[0]) / cfg.std[0]
+    cut_like_photos = TrainingStream(EpochSampler([human], seed=0), 0, 20, cfg, [])
+    filling = TrainingStream(EpochSampler([human], seed=0), 0, 20, dataclasses.replace(cfg, plain_fills_crop=True), [])
+    assert sum(bool((cut_like_photos[i][0][0] < red_at_200).any()) for i in range(20)) > 10
+    for i in range(20):
+        image, mask = filling[i]
+        assert image.shape == (3, 64, 64) and not mask.any()
+        assert (image[0] > red_at_200).all()  # magenta to the crop's every edge: no filler
+    # Any aspect, even a strip: the window is square and every pixel of it comes from the picture.
+    strip = np.full((7, 90, 3), 33, dtype=np.uint8)
+    window = filling_window(strip, 32, np.random.default_rng(1))
+    assert window.shape == (32, 32, 3) and (window == 33).all()
 
 
 def _write_coco_boxes(folder: Path, photos: dict[str, tuple[int, int]], boxes: list[tuple[str, str, list[float], int]]) -> None:

@@ -68,6 +68,11 @@ class AugmentConfig:
     background. Given no texture at all, weights trained on COCO fell back on where people usually are and
     drew a head and shoulders: 0.58 of a plain light-grey 640x480 frame kept (epoch 28), a covered camera or
     a bare wall in a video; no photo or window of the training sets is that empty."""
+    plain_fills_crop: bool = False
+    """Cut a picture of nothing so that it fills the whole crop (:func:`filling_window`), as a blank frame
+    fills the network's input at inference. Cut like a photo, the crop reaches past it and fills with the
+    mean colour: 44% of a crop was the picture on average and 0.3% of crops were all picture, and weights
+    trained so kept a blob where people stand on a flat frame, larger the more of the input it filled."""
     flip_prob: float = 0.5
     grayscale_prob: float = 0.08
     blur_prob: float = 0.15
@@ -261,6 +266,16 @@ def plain_picture(rng: np.random.Generator) -> np.ndarray:
     return np.clip(picture, 0, 255).round().astype(np.uint8)
 
 
+def filling_window(picture: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A square window of ``picture`` lying wholly inside it, 50-100% of its short side, resized to
+    ``size`` x ``size``: nothing of the crop is filler."""
+    height, width = picture.shape[:2]
+    side = max(1, round(min(height, width) * rng.uniform(0.5, 1.0)))
+    top, left = int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1))
+    window = Image.fromarray(picture[top : top + side, left : left + side])
+    return np.asarray(window.resize((size, size), Image.Resampling.BILINEAR))
+
+
 def _feathered(part: np.ndarray, part_mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """A cut-out scaled by ``scale`` (float32) and its 0-255 mask as a 0-1 alpha softened by ``PASTE_FEATHER``:
     the edge every pasted cut-out gets, person or object, so that the edge alone cannot tell them apart."""
@@ -449,7 +464,11 @@ class TrainingStream(torch.utils.data.Dataset):
         # Drawn only when enabled, so runs without plain pictures or crowds keep their exact sample streams.
         if self.cfg.plain_prob > 0 and rng.random() < self.cfg.plain_prob:
             picture = plain_picture(rng)
-            image, mask = augment(picture, np.zeros(picture.shape[:2], dtype=np.uint8), self.scene_cfg, rng)
+            if self.cfg.plain_fills_crop:
+                image = _photometric(filling_window(picture, self.cfg.patch_size, rng), self.cfg, rng)
+                mask = np.zeros(image.shape[:2], dtype=np.uint8)
+            else:
+                image, mask = augment(picture, np.zeros(picture.shape[:2], dtype=np.uint8), self.scene_cfg, rng)
         elif set_id in self.crowd_set_ids and rng.random() < self.cfg.crowd_prob:
             image, mask = augment(*self._crowd(rng), self.scene_cfg, rng)
         else:
