@@ -104,7 +104,10 @@ def test_the_candidate_report_can_measure_only_the_photos_without_people(
     assert set(report) == {
         "checkpoint", "no_person_mean_alpha", "scenes_without_people", "object_closeups", "coco_test_windows", "plain_pictures"
     }
-    assert report["plain_pictures"]["images"] == 24 and 0 <= report["plain_pictures"]["mean_alpha"] <= 1
+    plain = report["plain_pictures"]
+    assert plain["images"] == 24 and 0 <= plain["mean_alpha"] <= 1
+    assert list(plain["per_image_alpha"])[11] == "seed 11"  # the name to draw it again by
+    assert abs(np.mean(list(plain["per_image_alpha"].values())) - plain["mean_alpha"]) < 1e-3
     # The fingerprint of the pictures, not of the weights: the shipped weights' report has the same ones.
     shipped = json.loads(SHIPPED_REPORT.read_text())
     for name in (*NO_PERSON_SETS, "plain_pictures"):
@@ -115,7 +118,11 @@ def test_the_candidate_report_can_measure_only_the_photos_without_people(
     assert len(per_scene) == 21 and "000000000359" in per_scene and all(0 <= a <= 1 for a in per_scene.values())
     assert abs(np.mean(list(per_scene.values())) - report["scenes_without_people"]["mean_alpha"]) < 1e-3
     assert all(0 <= alpha <= 1 for alpha in report["no_person_mean_alpha"].values())
-    assert "mean IoU" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mean IoU" not in printed
+    # Each set's line without its per-picture values, which follow as the four pictures that keep the most.
+    plain_lines = printed.split("pictures of nothing")[1].splitlines()
+    assert "per_image_alpha" not in plain_lines[0] and plain_lines[1].count("seed ") == 4
 
 
 def test_the_candidate_report_shows_every_checkpoint_the_same_object_closeups(data_root: Path) -> None:

@@ -147,7 +147,9 @@ def measure_without_people(predict: Predictor, root: Path) -> dict[str, object]:
         "object_closeups": _alpha_summary(predict, object_closeups(root, scenes)),
         "coco_test_windows": _alpha_summary(predict, windows, window_names),
         "plain_pictures": _alpha_summary(
-            predict, [plain_picture(np.random.default_rng(seed)) for seed in range(PLAIN_PICTURES)]
+            predict,
+            [plain_picture(np.random.default_rng(seed)) for seed in range(PLAIN_PICTURES)],
+            [f"seed {seed}" for seed in range(PLAIN_PICTURES)],
         ),
     }
 
@@ -305,6 +307,13 @@ def _without_photos(summary: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in summary.items() if key != "per_image_alpha"}
 
 
+def _print_most_kept(summary: dict[str, Any]) -> None:
+    """The four pictures of a set that keep the most: a few of them usually carry its mean."""
+    most_kept = sorted(summary.get("per_image_alpha", {}).items(), key=lambda item: -item[1])[:4]
+    if most_kept:
+        print("  keeping the most: " + ", ".join(f"{name} {alpha}" for name, alpha in most_kept))
+
+
 def print_report(report: dict[str, Any]) -> None:
     """The summary table of a report measured with people, or only its photos without people."""
     if measured_people(report):
@@ -319,14 +328,13 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"no-person photos, mean alpha: {report['no_person_mean_alpha']}")
     scenes = report["scenes_without_people"]
     print(f"coco128 val/test scenes without people: {_without_photos(scenes)}")
-    most_kept = sorted(scenes.get("per_image_alpha", {}).items(), key=lambda item: -item[1])[:4]
-    if most_kept:
-        print("  keeping the most: " + ", ".join(f"{stem} {alpha}" for stem, alpha in most_kept))
+    _print_most_kept(scenes)
     print(f"close-ups of their annotated objects: {report['object_closeups']}")
     if "coco_test_windows" in report:  # reports from before 2026-12-06 do not have them
         print(f"windows of COCO test photos away from their person: {_without_photos(report['coco_test_windows'])}")
     if "plain_pictures" in report:
-        print(f"pictures of nothing (one colour or a gradient): {report['plain_pictures']}")
+        print(f"pictures of nothing (one colour or a gradient): {_without_photos(report['plain_pictures'])}")
+        _print_most_kept(report["plain_pictures"])
 
 
 COMPARED_PEERS = ("u2net", "u2netp", "mediapipe0")
