@@ -51,7 +51,7 @@ def test_default_call_returns_same_size_rgba_with_soft_alpha(portrait: Image.Ima
 
 def test_the_portrait_is_cut_out(portrait: Image.Image) -> None:
     alpha = np.asarray(remove_background(portrait, return_mask=True), dtype=np.float32) / 255
-    # Floors under the shipped weights (measured 0.85 and 0.00 with gpu-fcdn56 epoch 140 and its two-source decision point, 0.84 and 0.00 with its CCP-only one, 0.84 and 0.18 with epoch 118, 0.81 and 0.33 with epoch 101).
+    # Floors under the shipped weights (measured 0.85 and 0.00 with coco-fcdn56 epoch 41, 0.85 and 0.00 with gpu-fcdn56 epoch 140 and its two-source decision point, 0.84 and 0.00 with its CCP-only one, 0.84 and 0.18 with epoch 118, 0.81 and 0.33 with epoch 101).
     face_and_chest = alpha[120:400, 170:330].mean()
     sky_and_flag_corner = alpha[:80, 380:].mean()
     assert face_and_chest > 0.6
@@ -61,7 +61,7 @@ def test_the_portrait_is_cut_out(portrait: Image.Image) -> None:
 
 def test_a_photo_without_people_gives_a_mostly_empty_mask() -> None:
     alpha = np.asarray(remove_background(FIXTURES / "coffee.jpg", return_mask=True), dtype=np.float32) / 255
-    assert alpha.mean() < 0.25  # measured 0.02 with epoch 140 (two-source decision point; 0.01 with CCP's) and 0.01 with 118, 0.02 with 101 (0.34 with epoch 96, before close-ups)
+    assert alpha.mean() < 0.25  # measured 0.14 with coco-fcdn56 epoch 41, 0.02 with epoch 140 (two-source decision point; 0.01 with CCP's) and 0.01 with 118, 0.02 with 101 (0.34 with epoch 96, before close-ups)
 
 
 @pytest.mark.parametrize(
@@ -303,7 +303,7 @@ def test_the_shipped_alpha_range_removes_most_haze(portrait: Image.Image) -> Non
     raw.alpha_range = (0.0, 1.0)
     shipped = build_from_folder(DEFAULT_WEIGHTS_DIR)
     assert shipped.alpha_range[0] > 0.0 and shipped.alpha_range[1] < 1.0
-    # Measured (epoch 140, two-source decision point): 61% of the portrait's pixels are partly transparent with raw probabilities, 25% snapped (CCP-only point: 62%, 26%; epoch 118: 72%, 30%).
+    # Measured (coco-fcdn56 epoch 41): 94% partly transparent with raw probabilities, 29% snapped. Epoch 140 (two-source decision point): 61% of the portrait's pixels are partly transparent with raw probabilities, 25% snapped (CCP-only point: 62%, 26%; epoch 118: 72%, 30%).
     assert partial_share(shipped) < 0.6 * partial_share(raw)
 
 

@@ -171,11 +171,6 @@ def _excerpt(source: Path, keep: list[range], path: Path) -> tuple[Path, list[bo
     return path, empty
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped weights keep up to 2.6% of the empty room (the top of a grey pillar); the weights' "
-    "failure, to pass once better weights ship (the real-photos issue)",
-)
 def test_a_room_clip_is_transparent_while_nobody_is_in_it(tmp_path: Path) -> None:
     source = shared_data_root() / "video" / "one-by-one-person-detection.mp4"
     if not source.exists():
