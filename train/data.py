@@ -211,11 +211,14 @@ def closeup(image: np.ndarray, rng: np.random.Generator, around: Box | None = No
     return _enlarged(image, top, left, box_h, box_w)
 
 
-def _enlarged(image: np.ndarray, top: int, left: int, box_h: int, box_w: int) -> np.ndarray:
-    """The window of ``image`` at (``top``, ``left``) of ``box_h`` x ``box_w`` pixels resized to ``image``'s size."""
+def _enlarged(
+    image: np.ndarray, top: int, left: int, box_h: int, box_w: int, *, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The window of ``image`` at (``top``, ``left``) of ``box_h`` x ``box_w`` pixels resized to ``size``
+    (width, height), by default ``image``'s own."""
     height, width = image.shape[:2]
     window = Image.fromarray(image[top : top + box_h, left : left + box_w])
-    return np.asarray(window.resize((width, height), Image.Resampling.BILINEAR))
+    return np.asarray(window.resize(size or (width, height), Image.Resampling.BILINEAR))
 
 
 AWAY_MARGIN = 0.06
@@ -272,8 +275,7 @@ def filling_window(picture: np.ndarray, size: int, rng: np.random.Generator) -> 
     height, width = picture.shape[:2]
     side = max(1, round(min(height, width) * rng.uniform(0.5, 1.0)))
     top, left = int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1))
-    window = Image.fromarray(picture[top : top + side, left : left + side])
-    return np.asarray(window.resize((size, size), Image.Resampling.BILINEAR))
+    return _enlarged(picture, top, left, side, side, size=(size, size))
 
 
 def _feathered(part: np.ndarray, part_mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
